@@ -1,0 +1,227 @@
+"""The one settings model, read once at start and passed down.
+
+Precedence (lowest first): defaults < config file (TOML) < ``RULELESS_*`` environment
+< CLI flags. Nested fields use ``__`` in the environment, e.g.
+``RULELESS_KAFKA__BOOTSTRAP=broker:9092`` or ``RULELESS_ENGINE__WARN=0.6``.
+
+Nothing here reads the environment at import time: call :func:`load_settings`.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from schemas.events import NAME_PATTERN
+
+
+class KafkaSettings(BaseModel):
+    """Client settings shared by every Kafka producer and consumer."""
+
+    bootstrap: str = "127.0.0.1:19092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    client_id: str = "ruleless"
+
+    def confluent_config(self) -> dict[str, Any]:
+        """librdkafka configuration for confluent-kafka clients."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap,
+            "security.protocol": self.security_protocol,
+            "client.id": self.client_id,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_cafile:
+            conf["ssl.ca.location"] = self.ssl_cafile
+        if self.ssl_certfile:
+            conf["ssl.certificate.location"] = self.ssl_certfile
+        if self.ssl_keyfile:
+            conf["ssl.key.location"] = self.ssl_keyfile
+        return conf
+
+
+class TopicSettings(BaseModel):
+    raw: str = "ruleless.raw"
+    scored: str = "ruleless.scored"
+    alerts: str = "ruleless.alerts"
+    dead_letter: str = "ruleless.deadletter"
+    partitions: int = Field(8, ge=1)
+    replication: int = Field(1, ge=1)
+
+
+class Thresholds(BaseModel):
+    """Score at or above ``warn`` is a warning, at or above ``alert`` an alert."""
+
+    warn: float = Field(0.7, ge=0.0, le=1.0)
+    alert: float = Field(0.9, ge=0.0, le=1.0)
+
+
+class EngineSettings(BaseModel):
+    algorithm: str = "seed"
+    retention_days: float = Field(7.0, gt=0)
+    k: int = Field(10, ge=1)
+    dims: int = Field(128, ge=8)
+    warn: float = Field(0.7, ge=0.0, le=1.0)
+    alert: float = Field(0.9, ge=0.0, le=1.0)
+    # Explicit per-(org, workload) overrides, keyed "org_id/workload".
+    thresholds: dict[str, Thresholds] = Field(default_factory=dict)
+    # Events dated further than this into the future are dead-lettered: one host with a
+    # wrong clock must not age out a whole shard's baseline.
+    max_future_skew_s: float = Field(86_400.0, gt=0)
+
+    def thresholds_for(self, org_id: str, workload: str) -> Thresholds:
+        return self.thresholds.get(f"{org_id}/{workload}") or Thresholds(
+            warn=self.warn, alert=self.alert
+        )
+
+
+class LanceSettings(BaseModel):
+    uri: str = "data/lancedb"
+    # Dirty shards are written at most this often; offsets are committed only after.
+    flush_interval_s: float = Field(2.0, gt=0)
+    compact_interval_s: float = Field(300.0, gt=0)
+
+
+class WorkerSettings(BaseModel):
+    app_id: str = "ruleless-worker"
+    group_id: str = "ruleless-worker"
+    batch_size: int = Field(2000, ge=1)
+    batch_window_s: float = Field(0.2, gt=0)
+    metrics_port: int = 9464
+    web_port: int = 6066
+    data_dir: str = "data/faust"
+
+
+class ClickHouseSettings(BaseModel):
+    backend: Literal["chdb", "server"] = "chdb"
+    path: str = "data/clickhouse"
+    url: str = "http://127.0.0.1:8123"
+    username: str = "default"
+    password: SecretStr = SecretStr("")
+    database: str = "ruleless"
+    table: str = "security_events"
+    ttl_days: int = Field(90, ge=1)
+
+
+class SinkSettings(BaseModel):
+    group_id: str = "ruleless-sink"
+    batch_rows: int = Field(5000, ge=1)
+    batch_age_s: float = Field(1.0, gt=0)
+    metrics_port: int = 9465
+    # Read-only SQL endpoint served by the sink, the process that owns an embedded store.
+    query_host: str = "127.0.0.1"
+    query_port: int = 8124
+
+
+class AgentSettings(BaseModel):
+    org_id: str = "local"
+    workload: str = "default"
+    host: str = Field(default_factory=socket.gethostname)
+    backend: Literal["auto", "ebpf", "netlink", "proc"] = "auto"
+    poll_interval_s: float = Field(0.5, gt=0)
+    metrics_port: int = 9466
+
+    @field_validator("org_id", "workload")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not NAME_PATTERN.fullmatch(value):
+            raise ValueError(f"{value!r} is not a safe name (letters, digits, . _ -; max 64)")
+        return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RULELESS_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    data_dir: str = "data"
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    lancedb: LanceSettings = Field(default_factory=LanceSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
+    sink: SinkSettings = Field(default_factory=SinkSettings)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
+
+    # Set by load_settings; not a field a user configures.
+    _config_file: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if _CONFIG_FILE is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=_CONFIG_FILE))
+        return tuple(sources)
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings as plain data with every secret masked."""
+        return json.loads(self.model_dump_json())
+
+
+# Only set for the duration of one load_settings call (pydantic-settings asks the class
+# for its sources, so the file has to reach settings_customise_sources somehow).
+_CONFIG_FILE: Path | None = None
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the effective settings.
+
+    ``overrides`` are CLI flags as nested dicts (``{"kafka": {"bootstrap": ...}}``);
+    values that are None are ignored so unset flags don't shadow lower layers.
+    """
+    global _CONFIG_FILE
+    path = Path(config_file) if config_file else None
+    if path is not None and not path.is_file():
+        from schemas.errors import ConfigError
+
+        raise ConfigError(f"config file not found: {path}")
+    _CONFIG_FILE = path
+    try:
+        return Settings(**_drop_none(overrides))
+    finally:
+        _CONFIG_FILE = None
+
+
+def _drop_none(value: dict[str, Any]) -> dict[str, Any]:
+    cleaned: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, dict):
+            item = _drop_none(item)
+            if not item:
+                continue
+        elif item is None:
+            continue
+        cleaned[key] = item
+    return cleaned

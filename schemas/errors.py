@@ -1,0 +1,57 @@
+"""One root for every error ruleless raises on purpose.
+
+Each error carries the context an operator needs to find the bad input again:
+topic, partition, offset and exec_id where they are known.
+"""
+
+from __future__ import annotations
+
+
+class RulelessError(Exception):
+    """Base of all ruleless errors."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        topic: str | None = None,
+        partition: int | None = None,
+        offset: int | None = None,
+        exec_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.exec_id = exec_id
+
+    def context(self) -> dict[str, object]:
+        """The non-empty context fields, for logs and dead-letter records."""
+        fields = {
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "exec_id": self.exec_id,
+        }
+        return {k: v for k, v in fields.items() if v is not None}
+
+
+class DecodeError(RulelessError):
+    """A message is not a valid event (not JSON, wrong types, unsafe names...)."""
+
+
+class SinkWriteError(RulelessError):
+    """A batch could not be written to the sink's store."""
+
+
+class BackpressureError(RulelessError):
+    """The target is overloaded; the caller should slow down and retry."""
+
+
+class ConfigError(RulelessError):
+    """Settings are inconsistent or incomplete."""
+
+
+class ServiceError(RulelessError):
+    """An embedded service (broker, store) failed to start or answer."""

@@ -1,0 +1,141 @@
+"""Event contracts: the raw process event and the scored event.
+
+These structs are the only definition of an event in ruleless. Every consumer decodes
+with :func:`decode` (raw) or :func:`decode_scored`; both validate and raise
+:class:`~schemas.errors.DecodeError` with a reason. Fields are only ever added, never
+renamed or reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Annotated, Literal
+
+import msgspec
+
+from schemas.errors import DecodeError
+
+# org_id and workload become LanceDB table names, ClickHouse values and Kafka keys.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+SafeName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+EventType = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z_]{0,31}$")]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+Timestamp = Annotated[float, msgspec.Meta(ge=0)]
+Severity = Literal["ok", "warn", "alert"]
+
+
+class RawEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One process event as published by an agent (DESIGN.md, raw event contract)."""
+
+    ts: Timestamp
+    org_id: SafeName
+    workload: SafeName
+    host: str = ""
+    event_type: EventType = "exec"
+    event_id: str | None = None
+    pid: NonNegInt = 0
+    ppid: NonNegInt = 0
+    uid: int = -1
+    user: str | None = None
+    process_name: str = ""
+    exe: str | None = None
+    cmdline: str = ""
+    argv: list[str] | None = None
+    parent_process: str = ""
+    ancestors: list[str] | None = None
+    local_ip: str | None = None
+    local_port: Port | None = None
+    remote_ip: str | None = None
+    remote_port: Port | None = None
+    container_id: str | None = None
+    # Stable per-process identity: host, process start time and pid.
+    exec_id: str | None = None
+    # Which capture backend saw it: "ebpf", "netlink", "procfs", or absent for files.
+    source: str | None = None
+    # Markers such as "argv_truncated" set by the capture layer instead of dropping data.
+    flags: list[str] | None = None
+
+    @property
+    def shard_key(self) -> str:
+        """The Kafka key and shard identity: ``org_id/workload``."""
+        return f"{self.org_id}/{self.workload}"
+
+
+class ScoredEvent(RawEvent, frozen=True, kw_only=True, omit_defaults=True):
+    """The raw event plus the verdict of the scoring engine."""
+
+    score: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
+    severity: Severity = "ok"
+    reasons: list[str] = msgspec.field(default_factory=list)
+    model: str = ""
+    # True while the shard has too little history for its thresholds to mean much.
+    learning: bool = False
+    scored_at: Timestamp = 0.0
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """What goes to the dead-letter topic: why, where from, and the original bytes."""
+
+    reason: str
+    error: str
+    stage: str
+    raw: bytes
+    ts: float
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+
+
+_raw_decoder = msgspec.json.Decoder(RawEvent)
+_scored_decoder = msgspec.json.Decoder(ScoredEvent)
+_encoder = msgspec.json.Encoder()
+_det_encoder = msgspec.json.Encoder(order="deterministic")
+
+
+def decode(payload: bytes | str) -> RawEvent:
+    """Validate one raw event; fill in a deterministic ``event_id`` when absent."""
+    event = _decode_with(_raw_decoder, payload)
+    if not event.event_id:
+        event = msgspec.structs.replace(event, event_id=derive_event_id(event))
+    return event
+
+
+def decode_scored(payload: bytes | str) -> ScoredEvent:
+    """Validate one scored event (the sink's input); it must carry an event_id."""
+    event = _decode_with(_scored_decoder, payload)
+    if not event.event_id:
+        raise DecodeError("scored event without event_id")
+    return event
+
+
+def _decode_with(decoder: msgspec.json.Decoder, payload: bytes | str):  # type: ignore[no-untyped-def]
+    if not payload:
+        raise DecodeError("empty message")
+    try:
+        return decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise DecodeError(f"invalid event: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise DecodeError(f"not JSON: {exc}") from None
+
+
+def derive_event_id(event: RawEvent) -> str:
+    """A content hash, so a re-sent event (agent retry, replayed file) keeps its id."""
+    body = _det_encoder.encode(msgspec.structs.replace(event, event_id=None))
+    return hashlib.blake2b(body, digest_size=16).hexdigest()
+
+
+def encode(event: RawEvent | DeadLetter) -> bytes:
+    return _encoder.encode(event)
+
+
+def json_schemas() -> dict[str, dict]:  # type: ignore[type-arg]
+    """JSON Schema documents for the contracts, as committed under ``schemas/json``."""
+    return {
+        "raw_event.schema.json": msgspec.json.schema(RawEvent),
+        "scored_event.schema.json": msgspec.json.schema(ScoredEvent),
+        "dead_letter.schema.json": msgspec.json.schema(DeadLetter),
+    }
