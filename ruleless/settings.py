@@ -83,6 +83,8 @@ class EngineSettings(BaseModel):
     dims: int = Field(128, ge=8)
     warn: float = Field(0.7, ge=0.0, le=1.0)
     alert: float = Field(0.9, ge=0.0, le=1.0)
+    # A shard with less history than this is "learning": its scores say so.
+    learning_events: int = Field(100, ge=0)
     # Explicit per-(org, workload) overrides, keyed "org_id/workload".
     thresholds: dict[str, Thresholds] = Field(default_factory=dict)
     # Events dated further than this into the future are dead-lettered: one host with a

@@ -1,0 +1,112 @@
+"""The algorithm interface of the scoring engine, and the registry of implementations.
+
+An algorithm owns the state of a shard (one (org_id, workload) baseline). Its contract:
+
+* ``score_and_learn(events)`` scores each event against the state *before* that event,
+  then learns it, strictly in order — so a batch gives exactly the scores of the same
+  events fed one by one (an event repeated inside a batch sees its earlier twin);
+* time is event time: the shard's clock is the largest ``ts`` it has seen, never the wall
+  clock, so the same stream always gives the same scores;
+* state round-trips through an Arrow table (what the LanceDB store persists) without
+  changing any later score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import pyarrow as pa
+
+from ruleless.settings import EngineSettings
+from schemas.events import RawEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What an algorithm says about one event."""
+
+    score: float
+    reasons: list[str] = field(default_factory=list)
+    # Events the shard had learned before this one (drives the "learning" flag).
+    history: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """Rows to upsert and keys to delete since the last ``take_changes``."""
+
+    upserts: pa.Table | None
+    deletes: list[str]
+
+    @property
+    def empty(self) -> bool:
+        return (self.upserts is None or self.upserts.num_rows == 0) and not self.deletes
+
+
+class ShardModel(Protocol):
+    def score_and_learn(self, events: Sequence[RawEvent]) -> list[Verdict]: ...
+
+    def prune(self) -> int:
+        """Drop entries that fell out of the retention window; returns how many."""
+        ...
+
+    def take_changes(self) -> Changes: ...
+
+    def to_table(self) -> pa.Table:
+        """The whole learned state, in the persisted schema."""
+        ...
+
+    def __len__(self) -> int: ...
+
+
+class Algorithm(Protocol):
+    name: str
+    version: str
+
+    @property
+    def model(self) -> str:
+        """``name/version``, written into every scored event."""
+        ...
+
+    def schema(self) -> pa.Schema: ...
+
+    def new_shard(self) -> ShardModel: ...
+
+    def load_shard(self, table: pa.Table) -> ShardModel: ...
+
+
+_REGISTRY: dict[str, Callable[[EngineSettings], Algorithm]] = {}
+
+
+def register(name: str) -> Callable[[Callable[[EngineSettings], Algorithm]], Callable[[EngineSettings], Algorithm]]:
+    def wrap(factory: Callable[[EngineSettings], Algorithm]) -> Callable[[EngineSettings], Algorithm]:
+        _REGISTRY[name] = factory
+        return factory
+
+    return wrap
+
+
+def algorithm_names() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def make_algorithm(settings: EngineSettings) -> Algorithm:
+    """The algorithm named by ``settings.algorithm``."""
+    _load_builtin()
+    try:
+        factory = _REGISTRY[settings.algorithm]
+    except KeyError:
+        from schemas.errors import ConfigError
+
+        raise ConfigError(
+            f"unknown algorithm {settings.algorithm!r}; choose from {', '.join(sorted(_REGISTRY))}"
+        ) from None
+    return factory(settings)
+
+
+def _load_builtin() -> None:
+    # Imported for their @register side effect.
+    import streams.seed  # noqa: F401

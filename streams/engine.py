@@ -1,0 +1,82 @@
+"""The scoring engine: shards in memory, events in, scored events out. No I/O.
+
+The engine never loads or saves anything itself: an adapter (streams.scoring) installs
+shards it loaded from the store before scoring, and collects changes to persist after.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+import msgspec
+
+from ruleless.settings import EngineSettings
+from schemas.events import RawEvent, ScoredEvent
+from streams.algorithm import Algorithm, Changes, ShardModel, Verdict, make_algorithm
+
+class Engine:
+    def __init__(self, settings: EngineSettings, algorithm: Algorithm | None = None):
+        self.settings = settings
+        self.algorithm = algorithm or make_algorithm(settings)
+        self.shards: dict[str, ShardModel] = {}
+
+    @property
+    def model(self) -> str:
+        return self.algorithm.model
+
+    def missing(self, events: Iterable[RawEvent]) -> set[str]:
+        """Shard keys the events need that are not in memory yet."""
+        return {e.shard_key for e in events} - self.shards.keys()
+
+    def install(self, key: str, shard: ShardModel | None) -> None:
+        """Put a loaded shard (or a new empty one when ``shard`` is None) in memory."""
+        self.shards[key] = shard if shard is not None else self.algorithm.new_shard()
+
+    def evict(self, key: str) -> None:
+        self.shards.pop(key, None)
+
+    def score(self, events: Sequence[RawEvent], now: float = 0.0) -> list[ScoredEvent]:
+        """Score then learn each event, per shard in order; output keeps input order.
+
+        ``now`` is only written into ``scored_at``; it never changes a score.
+        """
+        by_shard: dict[str, list[int]] = defaultdict(list)
+        for i, event in enumerate(events):
+            by_shard[event.shard_key].append(i)
+        out: list[ScoredEvent | None] = [None] * len(events)
+        for key, positions in by_shard.items():
+            shard = self.shards.get(key)
+            if shard is None:
+                shard = self.shards[key] = self.algorithm.new_shard()
+            verdicts = shard.score_and_learn([events[i] for i in positions])
+            for i, verdict in zip(positions, verdicts):
+                out[i] = self._scored(events[i], verdict, now)
+        return out  # type: ignore[return-value]
+
+    def _scored(self, event: RawEvent, verdict: Verdict, now: float) -> ScoredEvent:
+        limits = self.settings.thresholds_for(event.org_id, event.workload)
+        score = float(min(1.0, max(0.0, verdict.score)))
+        severity = "alert" if score >= limits.alert else "warn" if score >= limits.warn else "ok"
+        fields = msgspec.structs.asdict(event)
+        return ScoredEvent(
+            **fields,
+            score=score,
+            severity=severity,
+            reasons=verdict.reasons,
+            model=self.model,
+            learning=verdict.history < self.settings.learning_events,
+            scored_at=now,
+        )
+
+    def take_changes(self) -> dict[str, Changes]:
+        """Per-shard rows to persist since the last call (only shards with changes)."""
+        out = {}
+        for key, shard in self.shards.items():
+            changes = shard.take_changes()
+            if not changes.empty:
+                out[key] = changes
+        return out
+
+    def prune(self) -> int:
+        return sum(shard.prune() for shard in self.shards.values())
