@@ -14,7 +14,7 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -212,6 +212,10 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     _CONFIG_FILE = path
     try:
         return Settings(**_drop_none(overrides))
+    except ValidationError as exc:
+        from schemas.errors import ConfigError
+
+        raise ConfigError(f"invalid settings: {exc}") from None
     finally:
         _CONFIG_FILE = None
 
@@ -227,3 +231,25 @@ def _drop_none(value: dict[str, Any]) -> dict[str, Any]:
             continue
         cleaned[key] = item
     return cleaned
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """``RULELESS_*`` variables that make a child process load exactly these settings.
+
+    Secrets are passed through (the child needs them) but never printed by the parent.
+    """
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump(mode="python").items():
+        value = _reveal(value)
+        env[f"RULELESS_{name.upper()}"] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    return env
+
+
+def _reveal(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {k: _reveal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_reveal(v) for v in value]
+    return value

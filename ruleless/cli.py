@@ -1,0 +1,198 @@
+"""`ruleless`: one console script, a thin layer over each process's ``run()``.
+
+Every flag has an environment fallback (shown in ``--help``); flags win over the
+environment, which wins over the config file, which wins over defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ruleless import logs
+from ruleless.settings import Settings, load_settings
+from schemas.errors import RulelessError
+
+app = typer.Typer(
+    name="ruleless",
+    help="Rule-free detection of unusual processes, learned per (org, workload).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect the effective settings.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", envvar="RULELESS_CONFIG", help="TOML config file.")]
+KafkaOpt = Annotated[Optional[str], typer.Option("--kafka", envvar="RULELESS_KAFKA__BOOTSTRAP", help="Kafka bootstrap servers.")]
+LogFormatOpt = Annotated[Optional[str], typer.Option("--log-format", envvar="RULELESS_LOG_FORMAT", help="text or json.")]
+
+
+def _settings(config: Path | None, log_format: str | None = None, **overrides: Any) -> Settings:
+    settings = load_settings(config, log_format=log_format, **overrides)
+    logs.configure(settings.log_format, settings.log_level)
+    return settings
+
+
+def _fail(exc: RulelessError) -> None:
+    typer.secho(f"error: {exc.message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(2)
+
+
+@app.command()
+def up(
+    config: ConfigOpt = None,
+    kafka: Annotated[Optional[str], typer.Option("--kafka", help="Use this Kafka instead of the embedded broker.")] = None,
+    clickhouse: Annotated[Optional[str], typer.Option("--clickhouse", help="Use this ClickHouse server URL instead of embedded chdb.")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", envvar="RULELESS_DATA_DIR", help="Where shards, ClickHouse data and logs live.")] = None,
+    log_format: LogFormatOpt = None,
+) -> None:
+    """Run the whole system on embedded defaults: broker, worker, sink and an agent for this host."""
+    from ruleless.up import run
+
+    try:
+        settings = _settings(config, log_format, data_dir=str(data_dir) if data_dir else None)
+        raise typer.Exit(run(settings, kafka=kafka, clickhouse=clickhouse))
+    except RulelessError as exc:
+        _fail(exc)
+
+
+@app.command()
+def worker(
+    config: ConfigOpt = None,
+    kafka: KafkaOpt = None,
+    lancedb: Annotated[Optional[str], typer.Option("--lancedb", envvar="RULELESS_LANCEDB__URI", help="LanceDB URI of the shards.")] = None,
+    algorithm: Annotated[Optional[str], typer.Option("--algorithm", envvar="RULELESS_ENGINE__ALGORITHM", help="Scoring algorithm.")] = None,
+    log_format: LogFormatOpt = None,
+) -> None:
+    """Score the raw topic into the scored, alerts and dead-letter topics (Faust worker)."""
+    from streams.worker import run
+
+    try:
+        settings = _settings(
+            config, log_format, kafka={"bootstrap": kafka}, lancedb={"uri": lancedb}, engine={"algorithm": algorithm}
+        )
+        run(settings)
+    except RulelessError as exc:
+        _fail(exc)
+
+
+@app.command()
+def sink(
+    config: ConfigOpt = None,
+    kafka: KafkaOpt = None,
+    clickhouse: Annotated[Optional[str], typer.Option("--clickhouse", envvar="RULELESS_CLICKHOUSE__URL", help="ClickHouse server URL (switches the backend to server).")] = None,
+    log_format: LogFormatOpt = None,
+) -> None:
+    """Bulk-load the scored topic into ClickHouse (chdb embedded unless --clickhouse)."""
+    from sinks.consume import run
+
+    ch: dict[str, Any] = {"url": clickhouse, "backend": "server"} if clickhouse else {}
+    try:
+        run(_settings(config, log_format, kafka={"bootstrap": kafka}, clickhouse=ch))
+    except RulelessError as exc:
+        _fail(exc)
+
+
+@app.command()
+def agent(
+    config: ConfigOpt = None,
+    kafka: KafkaOpt = None,
+    org: Annotated[Optional[str], typer.Option("--org", envvar="RULELESS_AGENT__ORG_ID", help="org_id of this host's events.")] = None,
+    workload: Annotated[Optional[str], typer.Option("--workload", envvar="RULELESS_AGENT__WORKLOAD", help="Workload of this host's events.")] = None,
+    backend: Annotated[Optional[str], typer.Option("--backend", envvar="RULELESS_AGENT__BACKEND", help="auto, ebpf, netlink or proc.")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write JSON lines here ('-' = stdout) instead of publishing.")] = None,
+    log_format: LogFormatOpt = None,
+) -> None:
+    """Capture this host's process events and publish them to the raw topic."""
+    from agent.run import run
+
+    try:
+        settings = _settings(
+            config, log_format, kafka={"bootstrap": kafka},
+            agent={"org_id": org, "workload": workload, "backend": backend},
+        )
+        run(settings, output=output)
+    except RulelessError as exc:
+        _fail(exc)
+
+
+@app.command()
+def score(
+    input: Annotated[str, typer.Option("--input", "-i", help="JSONL of raw events ('-' = stdin).")],
+    output: Annotated[str, typer.Option("--output", "-o", help="JSONL of scored events ('-' = stdout).")],
+    state: Annotated[Optional[Path], typer.Option("--state", help="Shard directory to read and update (default: a temp dir).")] = None,
+    algorithm: Annotated[Optional[str], typer.Option("--algorithm", envvar="RULELESS_ENGINE__ALGORITHM", help="Scoring algorithm.")] = None,
+    errors: Annotated[Optional[str], typer.Option("--errors", help="Write invalid lines with reasons here (default: stderr).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Score a file offline with the stream's engine; output keeps input order."""
+    from streams.offline import score_stream
+
+    with tempfile.TemporaryDirectory(prefix="ruleless-state-") as tmp:
+        try:
+            settings = _settings(config, lancedb={"uri": str(state or tmp)}, engine={"algorithm": algorithm})
+            with _open(input, "r") as src, _open(output, "w") as dst, _open(errors or "-", "w", sys.stderr) as err:
+                summary = score_stream(settings, src, dst, errors=err)
+        except RulelessError as exc:
+            _fail(exc)
+    typer.echo(
+        f"scored {summary.scored} events ({summary.warn} warn, {summary.alert} alert), "
+        f"{summary.invalid} invalid lines",
+        err=True,
+    )
+
+
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help="A read-only SQL statement.")],
+    url: Annotated[str, typer.Option("--url", envvar="RULELESS_QUERY_URL", help="The sink's query endpoint.")] = "http://127.0.0.1:8124",
+) -> None:
+    """Run SQL against the ClickHouse store through the running sink."""
+    from sinks.query import query_http
+
+    try:
+        for row in query_http(url, sql):
+            typer.echo(json.dumps(row, default=str))
+    except RulelessError as exc:
+        _fail(exc)
+
+
+@config_app.command("show")
+def config_show(config: ConfigOpt = None) -> None:
+    """Print the effective settings, secrets masked."""
+    try:
+        typer.echo(json.dumps(load_settings(config).masked(), indent=2))
+    except RulelessError as exc:
+        _fail(exc)
+
+
+class _open:
+    """A file by path, or stdin/stdout for '-'."""
+
+    def __init__(self, path: str, mode: str, dash: Any = None):
+        self.path, self.mode, self.dash = path, mode, dash
+        self._fh: Any = None
+
+    def __enter__(self) -> Any:
+        if self.path == "-":
+            return self.dash or (sys.stdin if self.mode == "r" else sys.stdout)
+        self._fh = open(self.path, self.mode, encoding="utf-8")
+        return self._fh
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fh is not None:
+            self._fh.close()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

