@@ -55,3 +55,7 @@ class ConfigError(RulelessError):
 
 class ServiceError(RulelessError):
     """An embedded service (broker, store) failed to start or answer."""
+
+
+class CaptureError(RulelessError):
+    """A capture backend cannot start or cannot read its source (e.g. /proc missing)."""

@@ -1,0 +1,210 @@
+"""The agent loop: capture → publish, every poll interval, until told to stop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+from agent.capture import CaptureBackend
+from agent.procfs import ProcfsBackend
+from agent.publish import JsonLinesOutput, KafkaPublisher, Output
+from ruleless.kafka import ensure_topics
+from ruleless.settings import AgentSettings, Settings
+from schemas.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Backends in order of preference, with why each unimplemented one is unavailable.
+UNAVAILABLE = {"ebpf": "not implemented yet", "netlink": "not implemented yet"}
+SUMMARY_INTERVAL_S = 60.0
+
+
+def run(
+    settings: Settings,
+    output: str | None = None,
+    stop: threading.Event | None = None,
+    backend: str | None = None,
+) -> None:
+    """Capture process events and publish them until ``stop`` is set.
+
+    ``output`` None publishes to the raw topic (created if missing); a path or "-"
+    (stdout) writes JSON lines instead. ``backend`` overrides ``settings.agent.backend``.
+    Without ``stop``, SIGTERM and SIGINT stop the loop when called from the main thread.
+    On the way out, outstanding events are flushed (Output.close, up to 30 s for Kafka).
+
+    Raises ConfigError for an unknown or unavailable backend, CaptureError when the
+    backend cannot read its source, ServiceError when Kafka cannot be reached at start.
+    """
+    agent = settings.agent
+    capture = select_backend(agent, backend or agent.backend)
+    metrics = AgentMetrics(capture.name)
+    with ExitStack() as stack:
+        stop = stack.enter_context(_stop_event(stop))
+        if agent.metrics_port:
+            stack.enter_context(metrics.serve(agent.metrics_port))
+        sink = stack.enter_context(_open_output(settings, output))
+        capture.start()
+        stack.callback(capture.stop)
+        log.info(
+            "agent running: backend=%s shard=%s/%s host=%s output=%s every %.2fs",
+            capture.name, agent.org_id, agent.workload, agent.host,
+            _describe_output(settings, output), agent.poll_interval_s,
+        )  # fmt: skip
+        captured = _loop(capture, sink, metrics, agent.poll_interval_s, stop)
+        log.info("agent stopping: captured %d events, flushing", captured)
+    metrics.sync(sink)
+    log.info("agent stopped: captured %d, delivered %d, failed %d", captured, sink.delivered, sink.failed)
+
+
+def select_backend(agent: AgentSettings, requested: str) -> CaptureBackend:
+    """The backend for ``requested`` ("auto", "ebpf", "netlink", "proc").
+
+    "auto" takes the best available one and logs why better ones are not used; an
+    explicitly requested backend that is unavailable is a ConfigError, not a silent
+    downgrade.
+    """
+    if requested == "auto":
+        reasons = ", ".join(f"{name}: {why}" for name, why in UNAVAILABLE.items())
+        log.info("capture backend: proc, chosen by auto (%s)", reasons)
+    elif requested == "proc":
+        log.info("capture backend: proc, as requested")
+    elif requested in UNAVAILABLE:
+        raise ConfigError(f"capture backend {requested!r} is unavailable: {UNAVAILABLE[requested]}; use 'proc' or 'auto'")
+    else:
+        raise ConfigError(f"unknown capture backend {requested!r}; expected auto, ebpf, netlink or proc")
+    return ProcfsBackend(agent)
+
+
+class AgentMetrics:
+    """The agent's Prometheus metrics, in a registry of their own (one per run)."""
+
+    def __init__(self, backend: str) -> None:
+        self.registry = CollectorRegistry()
+        self.captured = Counter(
+            "ruleless_agent_events_captured", "Events reported by the capture backend",
+            ["backend"], registry=self.registry,
+        ).labels(backend)  # fmt: skip
+        self.published = Counter(
+            "ruleless_agent_events_published", "Events acknowledged by the output",
+            registry=self.registry,
+        )  # fmt: skip
+        self.publish_errors = Counter(
+            "ruleless_agent_publish_errors", "Events the output failed to deliver",
+            registry=self.registry,
+        )  # fmt: skip
+        self.scan_duration = Histogram(
+            "ruleless_agent_scan_duration_seconds", "Time of one capture poll",
+            ["backend"], registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+        ).labels(backend)  # fmt: skip
+        self._delivered = 0
+        self._failed = 0
+
+    def sync(self, sink: Output) -> None:
+        """Carry the output's running totals into the counters."""
+        self.published.inc(sink.delivered - self._delivered)
+        self.publish_errors.inc(sink.failed - self._failed)
+        self._delivered, self._failed = sink.delivered, sink.failed
+
+    @contextmanager
+    def serve(self, port: int) -> Iterator[None]:
+        """Serve /metrics on ``port`` (all interfaces) while the block runs."""
+        server, thread = start_http_server(port, registry=self.registry)
+        log.info("metrics on :%d/metrics", port)
+        try:
+            yield
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+
+
+def _loop(capture: CaptureBackend, sink: Output, metrics: AgentMetrics, interval: float, stop: threading.Event) -> int:
+    """Poll, publish and sleep until ``stop``; return how many events were captured."""
+    captured = 0
+    window = _Window()
+    while not stop.is_set():
+        started = time.monotonic()
+        events = capture.poll()
+        metrics.scan_duration.observe(time.monotonic() - started)
+        for event in events:
+            log.debug("exec pid=%d user=%s parent=%s: %s", event.pid, event.user, event.parent_process, event.cmdline)
+            sink.publish(event)
+        captured += len(events)
+        metrics.captured.inc(len(events))
+        sink.flush(0)
+        metrics.sync(sink)
+        window.maybe_log(captured, sink)
+        stop.wait(max(0.0, interval - (time.monotonic() - started)))
+    return captured
+
+
+class _Window:
+    """A readable summary line every SUMMARY_INTERVAL_S, so a quiet agent still shows life."""
+
+    def __init__(self) -> None:
+        self._since = time.monotonic()
+        self._captured = self._delivered = self._failed = 0
+
+    def maybe_log(self, captured: int, sink: Output) -> None:
+        now = time.monotonic()
+        if now - self._since < SUMMARY_INTERVAL_S:
+            return
+        log.info(
+            "agent: last %.0fs captured %d, delivered %d, failed %d",
+            now - self._since, captured - self._captured,
+            sink.delivered - self._delivered, sink.failed - self._failed,
+        )  # fmt: skip
+        self._since = now
+        self._captured, self._delivered, self._failed = captured, sink.delivered, sink.failed
+
+
+@contextmanager
+def _open_output(settings: Settings, output: str | None) -> Iterator[Output]:
+    sink: Output
+    if output is None:
+        ensure_topics(settings.kafka, settings.topics, names=[settings.topics.raw])
+        sink = KafkaPublisher(settings.kafka, settings.topics.raw)
+    else:
+        sink = JsonLinesOutput(output)
+    try:
+        yield sink
+    finally:
+        sink.close()
+
+
+def _describe_output(settings: Settings, output: str | None) -> str:
+    if output is None:
+        return f"kafka topic {settings.topics.raw} at {settings.kafka.bootstrap}"
+    return "stdout" if output == "-" else output
+
+
+@contextmanager
+def _stop_event(stop: threading.Event | None) -> Iterator[threading.Event]:
+    """The caller's event, or a new one set by SIGTERM/SIGINT (main thread only)."""
+    if stop is not None:
+        yield stop
+        return
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(signum: int, frame: object) -> None:
+        log.info("agent: %s received, stopping", signal.Signals(signum).name)
+        event.set()
+
+    for sig in previous:
+        signal.signal(sig, _handle)
+    try:
+        yield event
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
