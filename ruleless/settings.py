@@ -76,13 +76,23 @@ class Thresholds(BaseModel):
     alert: float = Field(0.9, ge=0.0, le=1.0)
 
 
+# How long an unseen behaviour still counts, per algorithm, unless retention_days is set.
+DEFAULT_RETENTION_DAYS = {"seed": 7.0, "evidence": 45.0}
+
+
 class EngineSettings(BaseModel):
     algorithm: str = "seed"
-    retention_days: float = Field(7.0, gt=0)
+    # None = the algorithm's own default (seed: 7 days as in the article; evidence: 45,
+    # so monthly jobs are remembered).
+    retention_days: float | None = Field(None, gt=0)
     k: int = Field(10, ge=1)
     dims: int = Field(128, ge=8)
     warn: float = Field(0.7, ge=0.0, le=1.0)
     alert: float = Field(0.9, ge=0.0, le=1.0)
+    # Algorithms that derive thresholds from a shard's own score distribution aim at
+    # these fractions of events; warn/alert above are then the floors.
+    target_warn_rate: float = Field(0.02, gt=0, lt=1)
+    target_alert_rate: float = Field(0.005, gt=0, lt=1)
     # A shard with less history than this is "learning": its scores say so.
     learning_events: int = Field(100, ge=0)
     # Explicit per-(org, workload) overrides, keyed "org_id/workload".
@@ -91,10 +101,17 @@ class EngineSettings(BaseModel):
     # wrong clock must not age out a whole shard's baseline.
     max_future_skew_s: float = Field(86_400.0, gt=0)
 
-    def thresholds_for(self, org_id: str, workload: str) -> Thresholds:
-        return self.thresholds.get(f"{org_id}/{workload}") or Thresholds(
-            warn=self.warn, alert=self.alert
-        )
+    def thresholds_for(self, org_id: str, workload: str, learned: tuple[float, float] | None = None) -> Thresholds:
+        """Explicit per-(org, workload) override, else the shard's learned ones, else global."""
+        override = self.thresholds.get(f"{org_id}/{workload}")
+        if override is not None:
+            return override
+        if learned is not None:
+            return Thresholds(warn=learned[0], alert=learned[1])
+        return Thresholds(warn=self.warn, alert=self.alert)
+
+    def retention_for(self, algorithm: str) -> float:
+        return self.retention_days or DEFAULT_RETENTION_DAYS.get(algorithm, 7.0)
 
 
 class LanceSettings(BaseModel):

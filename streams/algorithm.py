@@ -31,6 +31,8 @@ class Verdict:
     reasons: list[str] = field(default_factory=list)
     # Events the shard had learned before this one (drives the "learning" flag).
     history: int = 0
+    # (warn, alert) the shard derived from its own score distribution, if it does.
+    thresholds: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,10 @@ class Changes:
 
 class ShardModel(Protocol):
     def score_and_learn(self, events: Sequence[RawEvent]) -> list[Verdict]: ...
+
+    def feedback(self, event: RawEvent, label: str) -> None:
+        """An analyst says ``event`` is ``benign`` or ``malicious``; later scores follow."""
+        ...
 
     def prune(self) -> int:
         """Drop entries that fell out of the retention window; returns how many."""
@@ -109,4 +115,5 @@ def make_algorithm(settings: EngineSettings) -> Algorithm:
 
 def _load_builtin() -> None:
     # Imported for their @register side effect.
+    import streams.evidence  # noqa: F401
     import streams.seed  # noqa: F401

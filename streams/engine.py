@@ -55,7 +55,7 @@ class Engine:
         return out  # type: ignore[return-value]
 
     def _scored(self, event: RawEvent, verdict: Verdict, now: float) -> ScoredEvent:
-        limits = self.settings.thresholds_for(event.org_id, event.workload)
+        limits = self.settings.thresholds_for(event.org_id, event.workload, verdict.thresholds)
         score = float(min(1.0, max(0.0, verdict.score)))
         severity = "alert" if score >= limits.alert else "warn" if score >= limits.warn else "ok"
         fields = msgspec.structs.asdict(event)
@@ -68,6 +68,17 @@ class Engine:
             learning=verdict.history < self.settings.learning_events,
             scored_at=now,
         )
+
+    def feedback(self, event: RawEvent, label: str) -> None:
+        """Apply an analyst's verdict (``benign`` or ``malicious``) on a scored event."""
+        if label not in ("benign", "malicious"):
+            from schemas.errors import ConfigError
+
+            raise ConfigError(f"feedback label must be benign or malicious, not {label!r}")
+        shard = self.shards.get(event.shard_key)
+        if shard is None:
+            shard = self.shards[event.shard_key] = self.algorithm.new_shard()
+        shard.feedback(event, label)
 
     def take_changes(self) -> dict[str, Changes]:
         """Per-shard rows to persist since the last call (only shards with changes)."""

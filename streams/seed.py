@@ -202,6 +202,14 @@ class SeedShard:
         for name in ("_sq", "_count", "_first", "_last"):
             setattr(self, name, np.resize(getattr(self, name), cap))
 
+    def feedback(self, event: RawEvent, label: str) -> None:
+        """The seed has no notion of labels: benign is learned once more, malicious ignored."""
+        if label == "benign":
+            tokens, vec, key, sq = self._featurize(event)
+            now = max(self.watermark, event.ts)
+            self._learn(event, tokens, vec, key, sq, now - self.retention_s)
+            self.history -= 1
+
     # -- retention and persistence -------------------------------------------------
 
     def prune(self) -> int:
@@ -299,7 +307,7 @@ class SeedAlgorithm:
 
     def __init__(self, settings: EngineSettings):
         self.dims = settings.dims
-        self.retention_s = settings.retention_days * 86_400.0
+        self.retention_s = settings.retention_for(self.name) * 86_400.0
 
     @property
     def model(self) -> str:

@@ -1,0 +1,480 @@
+"""``evidence``: the default algorithm — learned rarity of what a workload does, in context.
+
+Every event is broken into *observations*, each a value seen in a context:
+
+==========  ======================  =========================================
+kind        context                 value
+==========  ======================  =========================================
+prog        (workload)              the program (exe path, else comm)
+parent      parent comm             the program
+user        user / uid              the program
+lineage     ancestors (up to 3)     the program
+args        the program             the normalised argument template
+arg         the program             each normalised argument token
+net         the program             peer class and port of a connection
+==========  ======================  =========================================
+
+``sh -c`` scripts are split into their simple commands, each observed like an exec of
+its own. Volatile values (PIDs, temp names, hashes, IPs, versions...) are normalised
+into typed placeholders first (streams.normalize), so routine drift repeats.
+
+How unusual an observation is depends on two learned quantities:
+
+* its **evidence**: the number of separate *episodes* in which it was seen — a new episode
+  needs another host or a gap of ``EPISODE_GAP_S`` since the current one started. A
+  behaviour that comes back on a later run, day or host gains evidence quickly; an
+  attacker's burst on one host stays one episode and keeps alerting.
+* how often its **context** produces novelty at all: a CI runner's shell spawns new things
+  every week; a web server's worker never spawns anything. Novelty in a context that never
+  changes is far more surprising than in one that always does.
+
+Each observation gives ``s = rarity(episodes) × (1 − novelty_rate(context))``; the event's
+score combines them as independent evidence, ``1 − Π(1 − w·s)``. Everything is learned
+from the shard's own history: there is no list of good or bad commands.
+
+Per-shard thresholds follow the shard's own recent score distribution (a target alert
+rate), analyst feedback pins a behaviour as malicious or teaches it as benign, and the
+state is a pure function of the event sequence (event time, in order), so batched,
+one-by-one, streamed and reloaded shards all give the same scores.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import pyarrow as pa
+
+from ruleless.settings import EngineSettings
+from schemas.events import RawEvent
+from streams.algorithm import Changes, Verdict, register
+from streams.normalize import basename, normalize_token, script_commands, shell_script, split_args
+
+SEP = "\x1f"
+META_KEY = "__meta__"
+EPISODE_GAP_S = 1800.0
+DAY_S = 86_400.0
+# Weight of each kind of observation in the combined score.
+WEIGHTS = {
+    "prog": 1.0,
+    "parent": 0.9,
+    "user": 0.7,
+    "lineage": 0.5,
+    "args": 0.45,
+    "arg": 0.6,
+    "net": 0.9,
+}
+MAX_ARGS = 24
+SCRIPT_WEIGHT = 0.9  # commands inside `sh -c` count slightly less than real execs
+# Recent scores kept per shard to derive its thresholds (quantised to 1/1000).
+SCORE_WINDOW = 4096
+THRESHOLD_EVERY = 256
+
+_LABEL_MALICIOUS = "malicious"
+_LABEL_BENIGN = "benign"
+_BENIGN_EPISODES = 8
+
+
+def _schema() -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("key", pa.string()),
+            pa.field("kind", pa.string()),
+            pa.field("ctx", pa.string()),
+            pa.field("value", pa.string()),
+            pa.field("episodes", pa.int64()),
+            pa.field("count", pa.int64()),
+            pa.field("first_ts", pa.float64()),
+            pa.field("last_ts", pa.float64()),
+            pa.field("ep_start", pa.float64()),
+            pa.field("ep_host", pa.string()),
+            pa.field("label", pa.string()),
+        ]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    kind: str
+    ctx: str
+    value: str
+    weight: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}{SEP}{self.ctx}{SEP}{self.value}"
+
+    @property
+    def ctx_key(self) -> str:
+        return f"{self.kind}{SEP}{self.ctx}"
+
+
+# -- featurisation ---------------------------------------------------------------------
+
+
+def _program(event: RawEvent) -> str:
+    if event.exe:
+        return normalize_token(event.exe)
+    return normalize_token(event.process_name) or "?"
+
+
+def _user(event: RawEvent) -> str:
+    return event.user or (f"uid:{event.uid}" if event.uid >= 0 else "?")
+
+
+def _peer(event: RawEvent) -> str:
+    ip = event.remote_ip or ""
+    try:
+        addr = ipaddress.ip_address(ip)
+        cls = "loopback" if addr.is_loopback else "private" if addr.is_private else "public"
+    except ValueError:
+        cls = "none" if not ip else "name"
+    port = event.remote_port
+    if port is None or port == 0:
+        port_s = "-"
+    elif port >= 32768:
+        port_s = "ephemeral"
+    else:
+        port_s = str(port)
+    return f"{cls}:{port_s}"
+
+
+def observations(event: RawEvent) -> list[Observation]:
+    """The observations an event is made of (cached: most events are repeats)."""
+    return list(_observations_cached(
+        event.event_type, event.process_name, event.exe, event.parent_process, _user(event),
+        tuple(event.ancestors or ()), event.cmdline, tuple(event.argv) if event.argv else None,
+        _peer(event) if event.event_type != "exec" else "",
+        event.local_port if event.event_type != "exec" else None,
+    ))
+
+
+@lru_cache(maxsize=1 << 16)
+def _observations_cached(
+    event_type: str, process_name: str, exe: str | None, parent: str, user: str,
+    ancestors: tuple[str, ...], cmdline: str, argv: tuple[str, ...] | None, peer: str,
+    local_port: int | None,
+) -> tuple[Observation, ...]:
+    program = normalize_token(exe) if exe else (normalize_token(process_name) or "?")
+    parent_n = normalize_token(parent) or "?"
+    out: list[Observation] = []
+    if event_type != "exec":
+        out.append(Observation("net", program, f"{event_type}:{peer}", WEIGHTS["net"]))
+        if local_port:
+            out.append(Observation("net", program, f"{event_type}:local:{local_port if local_port < 32768 else 'ephemeral'}", WEIGHTS["net"]))
+        out.append(Observation("parent", parent_n, program, WEIGHTS["parent"] * 0.5))
+        return tuple(out)
+    out.append(Observation("prog", "", program, WEIGHTS["prog"]))
+    out.append(Observation("parent", parent_n, program, WEIGHTS["parent"]))
+    out.append(Observation("user", user, program, WEIGHTS["user"]))
+    if ancestors:
+        lineage = ">".join(normalize_token(a) for a in ancestors[:3])
+        out.append(Observation("lineage", lineage, program, WEIGHTS["lineage"]))
+    args = list(argv) if argv else split_args(cmdline, None)
+    out.extend(_arg_observations(program, args[1:], 1.0))
+    script = shell_script(args)
+    if script:
+        shell = normalize_token(basename(process_name or program))
+        for words in script_commands(script):
+            sub = normalize_token(basename(words[0]))
+            out.append(Observation("prog", "", f"sh:{sub}", WEIGHTS["prog"] * SCRIPT_WEIGHT))
+            out.append(Observation("parent", shell, f"sh:{sub}", WEIGHTS["parent"] * SCRIPT_WEIGHT))
+            out.extend(_arg_observations(f"sh:{sub}", words[1:], SCRIPT_WEIGHT))
+    return tuple(out)
+
+
+def _arg_observations(program: str, args: Sequence[str], scale: float) -> Iterator[Observation]:
+    tokens = [normalize_token(a) for a in args[:MAX_ARGS]]
+    yield Observation("args", program, " ".join(tokens), WEIGHTS["args"] * scale)
+    for token in dict.fromkeys(tokens):
+        if token:
+            yield Observation("arg", program, token, WEIGHTS["arg"] * scale)
+
+
+# -- the shard ---------------------------------------------------------------------------
+
+
+class EvidenceShard:
+    """One shard's learned observations, contexts, score window and thresholds."""
+
+    def __init__(self, retention_s: float, warn: float, alert: float, warn_rate: float, alert_rate: float):
+        self.retention_s = retention_s
+        self.defaults = (warn, alert)
+        self.rates = (warn_rate, alert_rate)
+        # key -> [episodes, count, first_ts, last_ts, ep_start, ep_host, label]
+        self.stats: dict[str, list] = {}
+        # ctx_key -> [episodes in context, distinct values in context]
+        self.contexts: dict[str, list[int]] = {}
+        self.history = 0
+        self.watermark = float("-inf")
+        self.scores = np.zeros(SCORE_WINDOW, dtype=np.uint16)
+        self.thresholds = (warn, alert)
+        self._dirty: set[str] = set()
+        self._deleted: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.stats)
+
+    # scoring ------------------------------------------------------------------------
+
+    def score_and_learn(self, events: Sequence[RawEvent]) -> list[Verdict]:
+        return [self._one(event) for event in events]
+
+    def _one(self, event: RawEvent) -> Verdict:
+        self._advance_clock(event.ts)
+        obs = observations(event)
+        score, reasons = self._score(obs, event.ts, event.host)
+        verdict = Verdict(score=score, reasons=reasons, history=self.history, thresholds=self.thresholds)
+        self._learn(obs, event)
+        self._record_score(score)
+        return verdict
+
+    def _advance_clock(self, ts: float) -> None:
+        now = max(self.watermark, ts)
+        if math.isfinite(self.watermark) and math.floor(now / DAY_S) > math.floor(self.watermark / DAY_S):
+            self.watermark = now
+            self._expire()
+        self.watermark = now
+
+    def _score(self, obs: list[Observation], ts: float, host: str) -> tuple[float, list[str]]:
+        keep = 1.0
+        parts: list[tuple[float, Observation, list | None]] = []
+        cutoff = self.watermark - self.retention_s
+        for o in obs:
+            stat = self.stats.get(o.key)
+            if stat is not None and stat[3] < cutoff:
+                stat = None
+            s = self._surprise(o, stat, ts, host)
+            if s > 0.0:
+                keep *= 1.0 - o.weight * s
+                parts.append((o.weight * s, o, stat))
+        score = 1.0 - keep
+        return score, self._reasons(parts, score)
+
+    def _surprise(self, o: Observation, stat: list | None, ts: float, host: str) -> float:
+        if stat is None:
+            episodes = 0
+        elif stat[6] == _LABEL_MALICIOUS:
+            return 1.0
+        else:
+            # Repeats inside the episode still open on this host are not evidence:
+            # a burst of retries must not wash out its own alert.
+            episodes = stat[0] - (host == stat[5] and ts - stat[4] < EPISODE_GAP_S and stat[6] != _LABEL_BENIGN)
+        rarity = 1.0 if episodes == 0 else 1.0 / ((1.0 + episodes) ** 2)
+        if rarity < 1e-3:
+            return 0.0
+        ctx = self.contexts.get(o.ctx_key)
+        novelty_rate = 0.5 if ctx is None else (ctx[1] + 1.0) / (ctx[0] + 2.0)
+        return rarity * (1.0 - novelty_rate)
+
+    def _reasons(self, parts: list[tuple[float, Observation, list | None]], score: float) -> list[str]:
+        if not parts or score < 0.05:
+            return ["known behaviour"] if self.stats else ["nothing learned yet for this workload"]
+        parts.sort(key=lambda p: -p[0])
+        reasons = []
+        for contribution, o, stat in parts[:4]:
+            seen = "never seen" if stat is None else f"seen in {stat[0]} episode(s)"
+            reasons.append(f"{_describe(o)}: {seen} (+{contribution:.2f})")
+        known = self._nearest_known(parts)
+        if known:
+            reasons.append(known)
+        return reasons
+
+    def _nearest_known(self, parts: list[tuple[float, Observation, list | None]]) -> str | None:
+        """The most frequent known argument template of the program in question."""
+        for _, o, _ in parts:
+            if o.kind in ("args", "arg"):
+                prefix = f"args{SEP}{o.ctx}{SEP}"
+                best = max(
+                    ((k, v) for k, v in self.stats.items() if k.startswith(prefix)),
+                    key=lambda kv: kv[1][1], default=None,
+                )
+                if best:
+                    return f"nearest known: {o.ctx} {best[0][len(prefix):]!r} (seen {best[1][1]}x)"
+                return None
+        return None
+
+    # learning -----------------------------------------------------------------------
+
+    def _learn(
+        self, obs: list[Observation], event: RawEvent, bonus: int = 0, label: str = "", counts: bool = True
+    ) -> None:
+        self.history += counts
+        ts, host = event.ts, event.host
+        cutoff = self.watermark - self.retention_s
+        for o in obs:
+            key = o.key
+            stat = self.stats.get(key)
+            ctx = self.contexts.setdefault(o.ctx_key, [0, 0])
+            if stat is None or stat[3] < cutoff:
+                if stat is None:
+                    ctx[1] += 1
+                else:
+                    ctx[0] -= stat[0]
+                self.stats[key] = stat = [1 + bonus, 1, ts, ts, ts, host, label or (stat[6] if stat else "")]
+                ctx[0] += 1 + bonus
+            else:
+                stat[1] += 1
+                stat[3] = max(stat[3], ts)
+                if host != stat[5] or ts - stat[4] >= EPISODE_GAP_S:
+                    stat[0] += 1
+                    stat[4] = ts
+                    stat[5] = host
+                    ctx[0] += 1
+                if bonus:
+                    stat[0] += bonus
+                    ctx[0] += bonus
+                if label:
+                    stat[6] = label
+            self._dirty.add(key)
+
+    def _record_score(self, score: float) -> None:
+        self.scores[self.history % SCORE_WINDOW] = int(round(score * 1000))
+        if self.history % THRESHOLD_EVERY == 0:
+            self.thresholds = self._derive_thresholds()
+
+    def _derive_thresholds(self) -> tuple[float, float]:
+        """Scores at which the shard's recent events would warn/alert at the target rates."""
+        n = min(self.history, SCORE_WINDOW)
+        if n < SCORE_WINDOW // 4:
+            return self.defaults
+        hist = np.bincount(self.scores[:n] if self.history < SCORE_WINDOW else self.scores, minlength=1001)
+        above = np.cumsum(hist[::-1])[::-1] / n  # fraction of scores >= bin
+        warn_default, alert_default = self.defaults
+
+        def level(rate: float, floor: float) -> float:
+            ok = np.flatnonzero(above <= rate)
+            t = (ok[0] / 1000.0) if len(ok) else 1.0
+            return float(min(0.99, max(floor, t)))
+
+        alert = level(self.rates[1], alert_default)
+        warn = min(alert, level(self.rates[0], warn_default))
+        return warn, alert
+
+    def feedback(self, event: RawEvent, label: str) -> None:
+        """An analyst's verdict on ``event``: benign teaches it, malicious pins it."""
+        obs = observations(event)
+        if label == _LABEL_BENIGN:
+            self._learn(obs, event, bonus=_BENIGN_EPISODES, label=_LABEL_BENIGN, counts=False)
+            return
+        # Pin only what made it rare, or every later use of /bin/sh would alert too.
+        rare = [o for o in obs if (st := self.stats.get(o.key)) is None or st[0] <= 2] or obs
+        self._learn(rare, event, label=_LABEL_MALICIOUS, counts=False)
+
+    # retention and persistence ----------------------------------------------------------
+
+    def _expire(self) -> None:
+        cutoff = self.watermark - self.retention_s
+        for key in [k for k, v in self.stats.items() if v[3] < cutoff]:
+            stat = self.stats.pop(key)
+            ctx_key = key.rsplit(SEP, 1)[0]
+            ctx = self.contexts[ctx_key]
+            ctx[0] -= stat[0]
+            ctx[1] -= 1
+            if ctx[1] <= 0:
+                del self.contexts[ctx_key]
+            self._dirty.discard(key)
+            self._deleted.append(key)
+
+    def prune(self) -> int:
+        # Expiry already happens in event time at each day boundary (see _advance_clock),
+        # which keeps the state a pure function of the events; nothing else to do here.
+        return 0
+
+    def take_changes(self) -> Changes:
+        keys = sorted(self._dirty)
+        upserts = self._rows(keys, meta=True) if keys or self._deleted else None
+        changes = Changes(upserts=upserts, deletes=self._deleted)
+        self._dirty = set()
+        self._deleted = []
+        return changes
+
+    def to_table(self) -> pa.Table:
+        return self._rows(sorted(self.stats), meta=True)
+
+    def _rows(self, keys: list[str], meta: bool) -> pa.Table:
+        cols: dict[str, list] = {name: [] for name in _schema().names}
+        for key in keys:
+            stat = self.stats[key]
+            kind, ctx, value = key.split(SEP, 2)
+            for name, v in zip(cols, (key, kind, ctx, value, *stat)):
+                cols[name].append(v)
+        if meta:
+            state = base64.b64encode(self.scores.tobytes()).decode()
+            wm = self.watermark if math.isfinite(self.watermark) else 0.0
+            row = (META_KEY, "meta", "", state, self.history, 0, 0.0, wm, self.thresholds[0], str(self.thresholds[1]), "")
+            for name, v in zip(cols, row):
+                cols[name].append(v)
+        return pa.table(cols, schema=_schema())
+
+    @classmethod
+    def load(cls, table: pa.Table, **params: float) -> "EvidenceShard":
+        shard = cls(**params)
+        cols = table.to_pydict()
+        for i, key in enumerate(cols["key"]):
+            if key == META_KEY:
+                shard.history = int(cols["episodes"][i])
+                shard.watermark = float(cols["last_ts"][i]) if shard.history else float("-inf")
+                shard.scores = np.frombuffer(base64.b64decode(cols["value"][i]), dtype=np.uint16).copy()
+                shard.thresholds = (float(cols["ep_start"][i]), float(cols["ep_host"][i]))
+                continue
+            stat = [
+                int(cols["episodes"][i]), int(cols["count"][i]), float(cols["first_ts"][i]),
+                float(cols["last_ts"][i]), float(cols["ep_start"][i]), cols["ep_host"][i], cols["label"][i],
+            ]
+            shard.stats[key] = stat
+            ctx = shard.contexts.setdefault(key.rsplit(SEP, 1)[0], [0, 0])
+            ctx[0] += stat[0]
+            ctx[1] += 1
+        return shard
+
+
+def _describe(o: Observation) -> str:
+    if o.kind == "prog":
+        return f"program {o.value}"
+    if o.kind == "parent":
+        return f"{o.ctx} -> {o.value}"
+    if o.kind == "user":
+        return f"{o.ctx} running {o.value}"
+    if o.kind == "lineage":
+        return f"lineage {o.ctx} -> {o.value}"
+    if o.kind == "args":
+        return f"{o.ctx} with arguments {o.value[:80]!r}"
+    if o.kind == "arg":
+        return f"{o.ctx} argument {o.value[:60]!r}"
+    return f"{o.ctx} {o.value}"
+
+
+class EvidenceAlgorithm:
+    name = "evidence"
+    version = "1"
+
+    def __init__(self, settings: EngineSettings):
+        self.params = {
+            "retention_s": settings.retention_for(self.name) * DAY_S,
+            "warn": settings.warn,
+            "alert": settings.alert,
+            "warn_rate": settings.target_warn_rate,
+            "alert_rate": settings.target_alert_rate,
+        }
+
+    @property
+    def model(self) -> str:
+        return f"{self.name}/{self.version}"
+
+    def schema(self) -> pa.Schema:
+        return _schema()
+
+    def new_shard(self) -> EvidenceShard:
+        return EvidenceShard(**self.params)
+
+    def load_shard(self, table: pa.Table) -> EvidenceShard:
+        return EvidenceShard.load(table, **self.params)
+
+
+register("evidence")(EvidenceAlgorithm)

