@@ -163,6 +163,26 @@ def query(
         _fail(exc)
 
 
+@app.command()
+def feedback(
+    event_id: Annotated[str, typer.Argument(help="event_id of a scored event.")],
+    label: Annotated[str, typer.Argument(help="benign or malicious.")],
+    note: Annotated[str, typer.Option("--note", help="Free text kept with the verdict.")] = "",
+    url: Annotated[str, typer.Option("--url", envvar="RULELESS_QUERY_URL", help="The sink's query endpoint, to look the event up.")] = "http://127.0.0.1:8124",
+    config: ConfigOpt = None,
+    kafka: KafkaOpt = None,
+) -> None:
+    """Tell the workload's baseline that a scored event was benign or malicious."""
+    from ruleless.feedback import send_feedback
+
+    try:
+        settings = _settings(config, kafka={"bootstrap": kafka})
+        event = send_feedback(settings, url, event_id, label, note)
+    except RulelessError as exc:
+        _fail(exc)
+    typer.echo(f"{label}: {event.event_id} ({event.shard_key}: {event.cmdline[:80]})")
+
+
 @config_app.command("show")
 def config_show(config: ConfigOpt = None) -> None:
     """Print the effective settings, secrets masked."""

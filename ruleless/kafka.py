@@ -48,7 +48,7 @@ def consumer(kafka: KafkaSettings, group_id: str, **extra: Any) -> Consumer:
 def ensure_topics(kafka: KafkaSettings, topics: TopicSettings, names: list[str] | None = None, timeout: float = 30.0) -> None:
     """Create the pipeline's topics if they do not exist yet."""
     admin = AdminClient(kafka.confluent_config())
-    wanted = names or [topics.raw, topics.scored, topics.alerts, topics.dead_letter]
+    wanted = names or [topics.raw, topics.scored, topics.alerts, topics.dead_letter, topics.feedback]
     try:
         existing = set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as exc:

@@ -65,6 +65,8 @@ class TopicSettings(BaseModel):
     scored: str = "ruleless.scored"
     alerts: str = "ruleless.alerts"
     dead_letter: str = "ruleless.deadletter"
+    # Analysts' verdicts on scored events, keyed like the raw topic (co-partitioned).
+    feedback: str = "ruleless.feedback"
     partitions: int = Field(8, ge=1)
     replication: int = Field(1, ge=1)
 

@@ -89,7 +89,18 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     offset: int | None = None
 
 
+class Feedback(msgspec.Struct, frozen=True, kw_only=True):
+    """An analyst's verdict on one scored event, published to the feedback topic."""
+
+    event: RawEvent
+    label: Literal["benign", "malicious"]
+    ts: float
+    analyst: str = ""
+    note: str = ""
+
+
 _raw_decoder = msgspec.json.Decoder(RawEvent)
+_feedback_decoder = msgspec.json.Decoder(Feedback)
 _scored_decoder = msgspec.json.Decoder(ScoredEvent)
 _encoder = msgspec.json.Encoder()
 _det_encoder = msgspec.json.Encoder(order="deterministic")
@@ -122,13 +133,17 @@ def _decode_with(decoder: msgspec.json.Decoder, payload: bytes | str):  # type: 
         raise DecodeError(f"not JSON: {exc}") from None
 
 
+def decode_feedback(payload: bytes | str) -> Feedback:
+    return _decode_with(_feedback_decoder, payload)
+
+
 def derive_event_id(event: RawEvent) -> str:
     """A content hash, so a re-sent event (agent retry, replayed file) keeps its id."""
     body = _det_encoder.encode(msgspec.structs.replace(event, event_id=None))
     return hashlib.blake2b(body, digest_size=16).hexdigest()
 
 
-def encode(event: RawEvent | DeadLetter) -> bytes:
+def encode(event: RawEvent | DeadLetter | Feedback) -> bytes:
     return _encoder.encode(event)
 
 
@@ -138,4 +153,5 @@ def json_schemas() -> dict[str, dict]:  # type: ignore[type-arg]
         "raw_event.schema.json": msgspec.json.schema(RawEvent),
         "scored_event.schema.json": msgspec.json.schema(ScoredEvent),
         "dead_letter.schema.json": msgspec.json.schema(DeadLetter),
+        "feedback.schema.json": msgspec.json.schema(Feedback),
     }

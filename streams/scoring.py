@@ -34,6 +34,10 @@ class ScoringService:
         self._load(self.engine.missing(events))
         return self.engine.score(events, time.time() if now is None else now)
 
+    def feedback(self, event: RawEvent, label: str) -> None:
+        self._load(self.engine.missing([event]))
+        self.engine.feedback(event, label)
+
     def _load(self, keys: Iterable[str]) -> None:
         for key in keys:
             table = self.store.load(self.algorithm, key)

@@ -24,7 +24,7 @@ from ruleless.kafka import ensure_topics
 from ruleless.metrics import WorkerMetrics, serve_metrics
 from ruleless.settings import Settings
 from schemas.errors import DecodeError
-from schemas.events import DeadLetter, RawEvent, ScoredEvent, decode, encode
+from schemas.events import DeadLetter, RawEvent, ScoredEvent, decode, decode_feedback, encode
 from streams.scoring import ScoringService
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,25 @@ class ScoringAgent:
                 )))
         return good, bad
 
+    async def apply_feedback(self, stream: Any, events: list[EventT]) -> None:
+        """Analysts' verdicts: applied to the shard in order with scoring, then acked."""
+        loop = asyncio.get_running_loop()
+        for ev in events:
+            raw = ev.value if isinstance(ev.value, bytes) else bytes(ev.value or b"")
+            try:
+                fb = decode_feedback(raw)
+            except DecodeError as exc:
+                msg = ev.message
+                dead = DeadLetter(reason=exc.message, error=type(exc).__name__, stage="feedback", raw=raw,
+                                  ts=time.time(), topic=msg.topic, partition=msg.partition, offset=msg.offset)
+                await (await self._dead.send(key=ev.key, value=encode(dead)))
+                continue
+            await loop.run_in_executor(self.executor, self.service.feedback, fb.event, fb.label)
+            log.info("feedback %s on %s (%s)", fb.label, fb.event.event_id, fb.event.shard_key)
+        await loop.run_in_executor(self.executor, self.service.flush)
+        for ev in events:
+            await stream.ack(ev)
+
     async def flush(self) -> None:
         """Write learning to LanceDB, then ack everything scored before it."""
         done, self._pending = self._pending, []
@@ -157,6 +176,13 @@ def create_app(settings: Settings) -> faust.App:
     async def score(stream: Any) -> None:
         async for events in stream.noack_take(worker.batch_size, within=worker.batch_window_s):
             await agent_state.process(stream, events)
+
+    feedback = app.topic(settings.topics.feedback, key_type=bytes, value_type=bytes)
+
+    @app.agent(feedback, name="feedback")
+    async def on_feedback(stream: Any) -> None:
+        async for events in stream.noack_take(100, within=0.5):
+            await agent_state.apply_feedback(stream, events)
 
     @app.timer(interval=settings.lancedb.flush_interval_s)
     async def flush() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ruleless.broker import EmbeddedBroker
+from ruleless.broker import EmbeddedBroker, free_port
 from ruleless.kafka import ensure_topics
 from ruleless.settings import Settings, load_settings
 
@@ -45,6 +45,7 @@ def settings(tmp_path: Path, kafka_bootstrap: str) -> Settings:
             "scored": f"scored-{tag}",
             "alerts": f"alerts-{tag}",
             "dead_letter": f"dlq-{tag}",
+            "feedback": f"feedback-{tag}",
             "partitions": 4,
         },
         lancedb={"uri": str(tmp_path / "lancedb"), "flush_interval_s": 0.5},
@@ -56,7 +57,7 @@ def settings(tmp_path: Path, kafka_bootstrap: str) -> Settings:
             "metrics_port": 0,
             "web_port": 0,
         },
-        sink={"group_id": f"sink-{tag}", "metrics_port": 0, "query_port": 0},
+        sink={"group_id": f"sink-{tag}", "metrics_port": 0, "query_port": free_port()},
         agent={"metrics_port": 0},
     )
 
