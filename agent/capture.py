@@ -2,8 +2,8 @@
 
 A backend turns kernel activity into :class:`~schemas.events.RawEvent` objects. The agent
 loop calls ``start()`` once, ``poll()`` repeatedly, then ``stop()``. Backends in order of
-preference: eBPF, netlink process connector, /proc polling (DESIGN.md); only /proc
-polling exists so far, the others slot in by meeting :class:`CaptureBackend`.
+preference: eBPF (agent/ebpf.py), netlink process connector (agent/netlink.py), /proc
+polling (agent/procfs.py), DESIGN.md.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ class CaptureBackend(Protocol):
       backend knows the order; it never blocks longer than one poll interval and returns
       an empty list when nothing happened.
     - ``stop()`` releases the source; it is idempotent.
+    - ``drops()`` returns running totals of what the backend knows it missed, by reason
+      (e.g. ``{"overrun": 3}``); empty when it cannot know (/proc polling).
     """
 
     name: str
@@ -35,6 +37,8 @@ class CaptureBackend(Protocol):
     def poll(self) -> list[RawEvent]: ...
 
     def stop(self) -> None: ...
+
+    def drops(self) -> dict[str, int]: ...
 
 
 def make_exec_id(host: str, start_ticks: int, pid: int) -> str:

@@ -237,6 +237,10 @@ class ProcfsBackend:
         self._started = False
         self._pending = []
 
+    def drops(self) -> dict[str, int]:
+        """Always empty: a poller cannot count the processes it never saw."""
+        return {}
+
     def _read_boot_time(self) -> float:
         try:
             text = (self._root / "stat").read_text()

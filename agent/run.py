@@ -16,12 +16,12 @@ from agent.procfs import ProcfsBackend
 from agent.publish import JsonLinesOutput, KafkaPublisher, Output
 from ruleless.kafka import ensure_topics
 from ruleless.settings import AgentSettings, Settings
-from schemas.errors import ConfigError
+from schemas.errors import CaptureError, ConfigError
 
 log = logging.getLogger(__name__)
 
-# Backends in order of preference, with why each unimplemented one is unavailable.
-UNAVAILABLE = {"ebpf": "not implemented yet", "netlink": "not implemented yet"}
+# Backends in order of preference (DESIGN.md).
+BACKENDS = ("ebpf", "netlink", "proc")
 SUMMARY_INTERVAL_S = 60.0
 
 
@@ -30,55 +30,90 @@ def run(
     output: str | None = None,
     stop: threading.Event | None = None,
     backend: str | None = None,
+    ready: threading.Event | None = None,
 ) -> None:
     """Capture process events and publish them until ``stop`` is set.
 
     ``output`` None publishes to the raw topic (created if missing); a path or "-"
     (stdout) writes JSON lines instead. ``backend`` overrides ``settings.agent.backend``.
     Without ``stop``, SIGTERM and SIGINT stop the loop when called from the main thread.
+    ``ready`` is set once the backend has started: from then on every exec is captured.
     On the way out, outstanding events are flushed (Output.close, up to 30 s for Kafka).
 
     Raises ConfigError for an unknown or unavailable backend, CaptureError when the
     backend cannot read its source, ServiceError when Kafka cannot be reached at start.
     """
     agent = settings.agent
-    capture = select_backend(agent, backend or agent.backend)
-    metrics = AgentMetrics(capture.name)
+    requested = backend or agent.backend
+    _check_backend_name(requested)
     with ExitStack() as stack:
         stop = stack.enter_context(_stop_event(stop))
+        sink = stack.enter_context(_open_output(settings, output))
+        capture = start_backend(agent, requested)
+        stack.callback(capture.stop)
+        metrics = AgentMetrics(capture.name)
         if agent.metrics_port:
             stack.enter_context(metrics.serve(agent.metrics_port))
-        sink = stack.enter_context(_open_output(settings, output))
-        capture.start()
-        stack.callback(capture.stop)
         log.info(
             "agent running: backend=%s shard=%s/%s host=%s output=%s every %.2fs",
             capture.name, agent.org_id, agent.workload, agent.host,
             _describe_output(settings, output), agent.poll_interval_s,
         )  # fmt: skip
+        if ready is not None:
+            ready.set()
         captured = _loop(capture, sink, metrics, agent.poll_interval_s, stop)
-        log.info("agent stopping: captured %d events, flushing", captured)
+        log.info("agent stopping: captured %d events, flushing; capture drops: %s", captured, capture.drops() or "none known")
     metrics.sync(sink)
     log.info("agent stopped: captured %d, delivered %d, failed %d", captured, sink.delivered, sink.failed)
 
 
-def select_backend(agent: AgentSettings, requested: str) -> CaptureBackend:
-    """The backend for ``requested`` ("auto", "ebpf", "netlink", "proc").
+def start_backend(agent: AgentSettings, requested: str) -> CaptureBackend:
+    """The started backend for ``requested`` ("auto", "ebpf", "netlink", "proc").
 
-    "auto" takes the best available one and logs why better ones are not used; an
-    explicitly requested backend that is unavailable is a ConfigError, not a silent
-    downgrade.
+    A backend is available when it starts. "auto" tries them best first and logs which
+    one runs and why each better one did not start; an explicitly requested backend
+    that does not start is a ConfigError, not a silent downgrade.
     """
-    if requested == "auto":
-        reasons = ", ".join(f"{name}: {why}" for name, why in UNAVAILABLE.items())
-        log.info("capture backend: proc, chosen by auto (%s)", reasons)
-    elif requested == "proc":
-        log.info("capture backend: proc, as requested")
-    elif requested in UNAVAILABLE:
-        raise ConfigError(f"capture backend {requested!r} is unavailable: {UNAVAILABLE[requested]}; use 'proc' or 'auto'")
-    else:
-        raise ConfigError(f"unknown capture backend {requested!r}; expected auto, ebpf, netlink or proc")
-    return ProcfsBackend(agent)
+    _check_backend_name(requested)
+    auto = requested == "auto"
+    reasons: list[str] = []
+    for name in BACKENDS if auto else (requested,):
+        try:
+            capture = _make_backend(name, agent)
+            capture.start()
+        except CaptureError as exc:
+            if not auto:
+                raise ConfigError(f"capture backend {name!r} is unavailable: {exc}; use 'auto' or another backend") from None
+            reasons.append(f"{name}: {exc}")
+            continue
+        if not auto:
+            log.info("capture backend: %s, as requested", name)
+        elif reasons:
+            log.info("capture backend: %s, chosen by auto; better ones unavailable: %s", name, "; ".join(reasons))
+        else:
+            log.info("capture backend: %s, chosen by auto (the best one)", name)
+        return capture
+    raise CaptureError("no capture backend could start: " + "; ".join(reasons))
+
+
+def _check_backend_name(requested: str) -> None:
+    if requested != "auto" and requested not in BACKENDS:
+        raise ConfigError(f"unknown capture backend {requested!r}; expected auto, {', '.join(BACKENDS)}")
+
+
+def _make_backend(name: str, agent: AgentSettings) -> CaptureBackend:
+    """An unstarted backend; CaptureError when its module cannot even load here."""
+    if name == "proc":
+        return ProcfsBackend(agent)
+    if name == "netlink":
+        from agent.netlink import NetlinkBackend
+
+        return NetlinkBackend(agent)
+    try:
+        from agent.ebpf import EbpfBackend  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as exc:
+        raise CaptureError(f"eBPF backend not loadable: {exc}") from None
+    return EbpfBackend(agent)  # type: ignore[no-any-return,unused-ignore]
 
 
 class AgentMetrics:
@@ -98,6 +133,12 @@ class AgentMetrics:
             "ruleless_agent_publish_errors", "Events the output failed to deliver",
             registry=self.registry,
         )  # fmt: skip
+        self.capture_drops = Counter(
+            "ruleless_agent_capture_drops", "Events the capture backend knows it missed",
+            ["backend", "reason"], registry=self.registry,
+        )  # fmt: skip
+        self._backend = backend
+        self._drops: dict[str, int] = {}
         self.scan_duration = Histogram(
             "ruleless_agent_scan_duration_seconds", "Time of one capture poll",
             ["backend"], registry=self.registry,
@@ -111,6 +152,12 @@ class AgentMetrics:
         self.published.inc(sink.delivered - self._delivered)
         self.publish_errors.inc(sink.failed - self._failed)
         self._delivered, self._failed = sink.delivered, sink.failed
+
+    def sync_drops(self, drops: dict[str, int]) -> None:
+        """Carry the backend's running drop totals into the counter."""
+        for reason, total in drops.items():
+            self.capture_drops.labels(self._backend, reason).inc(total - self._drops.get(reason, 0))
+        self._drops = dict(drops)
 
     @contextmanager
     def serve(self, port: int) -> Iterator[None]:
@@ -140,9 +187,15 @@ def _loop(capture: CaptureBackend, sink: Output, metrics: AgentMetrics, interval
         metrics.captured.inc(len(events))
         sink.flush(0)
         metrics.sync(sink)
+        metrics.sync_drops(capture.drops())
         window.maybe_log(captured, sink)
         stop.wait(max(0.0, interval - (time.monotonic() - started)))
-    return captured
+    # What an event-driven backend read since the last poll is still published.
+    events = capture.poll()
+    for event in events:
+        sink.publish(event)
+    metrics.captured.inc(len(events))
+    return captured + len(events)
 
 
 class _Window:

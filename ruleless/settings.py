@@ -161,6 +161,10 @@ class AgentSettings(BaseModel):
     backend: Literal["auto", "ebpf", "netlink", "proc"] = "auto"
     poll_interval_s: float = Field(0.5, gt=0)
     metrics_port: int = 9466
+    # Where each process's workload comes from (agent/workload.py): "config" = the
+    # workload above for every process; "systemd" = its service unit; "container" = its
+    # container. Processes outside a unit/container keep the workload above.
+    workload_from: Literal["config", "systemd", "container"] = "config"
 
     @field_validator("org_id", "workload")
     @classmethod

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.run import run
+import agent.run as run_module
+from agent.run import BACKENDS, run, start_backend
 from ruleless.broker import free_port
 from ruleless.kafka import consumer
 from ruleless.settings import Settings
-from schemas.errors import ConfigError
+from schemas.errors import CaptureError, ConfigError
 from schemas.events import RawEvent, decode
 
 ARGV = ["sh", "-c", "sleep 30; exit 0", "agent run test", "ärgv ✓"]
@@ -132,19 +133,51 @@ def metrics_text(port: int) -> str | None:
         return None
 
 
-def test_auto_logs_why_better_backends_are_unavailable(
+def test_auto_logs_which_backend_runs_and_why_better_ones_do_not(
     tmp_path: Path, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     stop = threading.Event()
     stop.set()  # one pass: start, see stop, flush, return
     with caplog.at_level(logging.INFO, logger="agent"):
         run(fast(settings), output=str(tmp_path / "x.jsonl"), stop=stop, backend="auto")
-    text = caplog.text
-    assert "capture backend: proc" in text and "ebpf" in text and "not implemented yet" in text
-    assert "agent stopped" in text
+    chosen = [r.getMessage() for r in caplog.records if r.getMessage().startswith("capture backend: ")]
+    assert len(chosen) == 1 and "chosen by auto" in chosen[0]
+    name = chosen[0].split()[2].rstrip(",")
+    better = BACKENDS[: BACKENDS.index(name)]
+    # Every better backend is named with the reason it did not start.
+    assert all(f"{b}: " in chosen[0] for b in better)
+    assert "agent stopped" in caplog.text
 
 
-@pytest.mark.parametrize("backend", ["ebpf", "netlink", "bogus"])
-def test_unavailable_backend_is_a_config_error(tmp_path: Path, settings: Settings, backend: str) -> None:
+class Unstartable:
+    name = "netlink"
+
+    def start(self) -> None:
+        raise CaptureError("no proc connector here")
+
+
+def test_requested_backend_that_cannot_start_is_a_config_error(
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("agent.run._make_backend", lambda name, agent: Unstartable())
+    with pytest.raises(ConfigError, match="no proc connector here"):
+        run(settings, output=str(tmp_path / "x.jsonl"), stop=threading.Event(), backend="netlink")
+
+
+def test_auto_falls_back_past_backends_that_cannot_start(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real = run_module._make_backend
+    monkeypatch.setattr(
+        "agent.run._make_backend", lambda name, agent: real(name, agent) if name == "proc" else Unstartable()
+    )
+    with caplog.at_level(logging.INFO, logger="agent"):
+        capture = start_backend(settings.agent, "auto")
+    capture.stop()
+    assert capture.name == "proc"
+    assert "better ones unavailable: ebpf: no proc connector here; netlink: no proc connector here" in caplog.text
+
+
+def test_unknown_backend_is_a_config_error(tmp_path: Path, settings: Settings) -> None:
     with pytest.raises(ConfigError):
-        run(settings, output=str(tmp_path / "x.jsonl"), stop=threading.Event(), backend=backend)
+        run(settings, output=str(tmp_path / "x.jsonl"), stop=threading.Event(), backend="bogus")

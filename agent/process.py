@@ -1,0 +1,210 @@
+"""Read one process's details from /proc at once, pinned to that process.
+
+Event-driven backends (netlink, eBPF) learn that pid P just exec'd and must read its
+command line before it exits: :func:`read_process` opens ``/proc/P`` as a directory
+first and reads every file relative to that handle. A /proc directory handle stays bound
+to the process it was opened for, so if P exits and its pid is reused mid-read, the
+reads fail instead of silently describing the new process (no re-check needed).
+
+:class:`Lineage` reads parents and ancestors the same way, on demand, so the answer is
+the one at exec time, not at publish time.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.procfs import (
+    FLAG_ARGV_TRUNCATED,
+    FLAG_CMDLINE_UNAVAILABLE,
+    FLAG_EXE_DELETED,
+    MAX_ANCESTORS,
+    ProcStat,
+    parse_stat,
+    real_uid_from_status,
+    split_cmdline,
+)
+
+DEFAULT_MAX_CMDLINE_BYTES = 32 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """What /proc said about one process at one moment.
+
+    ``argv`` is empty and ``flags`` holds ``cmdline_unavailable`` when the process was
+    already a zombie (its memory, hence its argv, is gone). ``cgroup`` is the raw text of
+    /proc/P/cgroup ("" when unreadable).
+    """
+
+    stat: ProcStat
+    uid: int
+    gid: int
+    argv: list[str]
+    exe: str | None
+    cgroup: str
+    flags: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.stat.pid
+
+
+def read_process(
+    pid: int, proc_root: str | Path = "/proc", max_cmdline_bytes: int = DEFAULT_MAX_CMDLINE_BYTES
+) -> ProcessInfo | None:
+    """Everything the agent wants from /proc/``pid``, or None if it is gone (or hidden).
+
+    The command line is read first: it is what disappears first when a process exits.
+    """
+    try:
+        dirfd = os.open(f"{proc_root}/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        cmdline = read_at(dirfd, "cmdline", max_cmdline_bytes + 1)
+        raw_stat = read_at(dirfd, "stat")
+        status = read_at(dirfd, "status")
+        if cmdline is None or raw_stat is None or status is None:
+            return None
+        exe, exe_flags = _read_exe(dirfd)
+        cgroup = read_at(dirfd, "cgroup") or b""
+    finally:
+        os.close(dirfd)
+    try:
+        stat = parse_stat(raw_stat)
+        uid = real_uid_from_status(status.decode("utf-8", "replace"))
+        gid = _real_gid_from_status(status.decode("utf-8", "replace"))
+    except (ValueError, IndexError):
+        return None
+    truncated = len(cmdline) > max_cmdline_bytes
+    argv, flags = split_cmdline(cmdline[:max_cmdline_bytes], truncated=truncated)
+    if not argv:
+        flags.append(FLAG_CMDLINE_UNAVAILABLE)
+    flags.extend(exe_flags)
+    return ProcessInfo(
+        stat=stat, uid=uid, gid=gid, argv=argv, exe=exe,
+        cgroup=cgroup.decode("utf-8", "backslashreplace"), flags=flags,
+    )  # fmt: skip
+
+
+def read_stat(pid: int, proc_root: str | Path = "/proc") -> ProcStat | None:
+    """/proc/``pid``/stat parsed, or None if the process is gone."""
+    raw = read_file(f"{proc_root}/{pid}/stat")
+    if raw is None:
+        return None
+    try:
+        return parse_stat(raw)
+    except (ValueError, IndexError):
+        return None
+
+
+def read_at(dirfd: int, name: str, limit: int = 1 << 20) -> bytes | None:
+    """Up to ``limit`` bytes of ``name`` relative to ``dirfd``; None if gone or hidden."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dirfd)
+    except OSError:
+        # ENOENT/ESRCH: the process exited; EACCES: hidepid or another user's file.
+        return None
+    try:
+        return _read_fd(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def read_file(path: str, limit: int = 1 << 20) -> bytes | None:
+    """Up to ``limit`` bytes of a /proc file, or None when it is gone or hidden."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return _read_fd(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def _read_fd(fd: int, limit: int) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size < limit:
+            chunk = os.read(fd, min(limit - size, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError:
+        # ESRCH: reaped between open and read.
+        return None
+    return b"".join(chunks)
+
+
+def _read_exe(dirfd: int) -> tuple[str | None, list[str]]:
+    try:
+        target = os.readlink("exe", dir_fd=dirfd)
+    except OSError:
+        # A zombie or a kernel thread has no exe; exe is optional.
+        return None, []
+    if target.endswith(" (deleted)"):
+        return target[: -len(" (deleted)")], [FLAG_EXE_DELETED]
+    return target, []
+
+
+def _real_gid_from_status(text: str) -> int:
+    for line in text.splitlines():
+        if line.startswith("Gid:"):
+            return int(line.split()[1])
+    raise ValueError("no Gid: line in status")
+
+
+class Lineage:
+    """Parent comm, ancestors and user names, read from /proc on demand.
+
+    Not thread-safe (its user-name cache is unsynchronised): one reader thread uses it.
+    """
+
+    def __init__(self, proc_root: str | Path = "/proc") -> None:
+        self._root = str(proc_root)
+        self._users: dict[int, str | None] = {}
+
+    def ancestors(self, ppid: int, limit: int = MAX_ANCESTORS) -> list[str]:
+        """Comms of up to ``limit`` ancestors, nearest first, starting at ``ppid``.
+
+        Stops above init (pid 0), at an ancestor that has exited, or on a cycle.
+        """
+        names: list[str] = []
+        seen: set[int] = set()
+        pid = ppid
+        while pid and pid not in seen and len(names) < limit:
+            seen.add(pid)
+            stat = read_stat(pid, self._root)
+            if stat is None:
+                break
+            names.append(stat.comm)
+            pid = stat.ppid
+        return names
+
+    def user(self, uid: int) -> str | None:
+        """The user name of ``uid`` (cached), or None when it has no passwd entry."""
+        if uid not in self._users:
+            try:
+                self._users[uid] = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                self._users[uid] = None
+        return self._users[uid]
+
+
+__all__ = [
+    "DEFAULT_MAX_CMDLINE_BYTES",
+    "FLAG_ARGV_TRUNCATED",
+    "Lineage",
+    "ProcessInfo",
+    "read_at",
+    "read_file",
+    "read_process",
+    "read_stat",
+]
