@@ -1,0 +1,101 @@
+"""End to end on real parts: broker → worker → scored topic → sink → ClickHouse (chdb)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ruleless.broker import free_port
+from ruleless.kafka import producer
+from ruleless.settings import Settings
+from schemas.events import encode
+from sinks.query import query_http
+from streams.scoring import ScoringService
+from tests.factories import fleet_stream
+from tests.processes import RULELESS, ruleless_process
+
+pytestmark = pytest.mark.integration
+
+
+def poll_sql(url: str, sql: str, until, timeout: float = 180.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    rows = None
+    while time.monotonic() < deadline:
+        try:
+            rows = query_http(url, sql)
+            if until(rows):
+                return rows
+        except Exception:  # the sink may not be serving yet  # noqa: BLE001
+            pass
+        time.sleep(1.0)
+    raise AssertionError(f"timed out waiting on {sql!r} at {url}; last rows: {rows!r}"[:2000])
+
+
+def test_every_event_lands_once_in_clickhouse_with_the_offline_score(topics: Settings, tmp_path: Path) -> None:
+    events = fleet_stream(pairs=20, per_pair=500, seed=3)
+    assert len(events) == 10_000
+    url = f"http://{topics.sink.query_host}:{topics.sink.query_port}"
+    table = f"{topics.clickhouse.database}.{topics.clickhouse.table}"
+    with ruleless_process(topics, "sink", log=tmp_path / "sink.log"), ruleless_process(
+        topics, "worker", log=tmp_path / "worker.log"
+    ):
+        prod = producer(topics.kafka)
+        for e in events:
+            prod.produce(topics.topics.raw, key=e.shard_key.encode(), value=encode(e))
+        assert prod.flush(60) == 0
+        poll_sql(url, f"SELECT count() AS n FROM {table} FINAL", lambda r: r and int(r[0]["n"]) >= len(events))
+        rows = query_http(url, f"SELECT event_id, score, severity, model FROM {table} FINAL")
+        pairs = query_http(url, f"SELECT uniqExact(org_id, workload) AS n FROM {table} FINAL")
+
+    assert len(rows) == len(events)
+    assert int(pairs[0]["n"]) == 20
+    stored = {r["event_id"]: float(r["score"]) for r in rows}
+    offline = ScoringService(topics.model_copy(update={"lancedb": topics.lancedb.model_copy(update={"uri": str(tmp_path / "offline")})}))
+    expected = {s.event_id: s.score for s in offline.score(events)}
+    assert stored == expected
+    assert {r["model"] for r in rows} == {"seed/1"}
+
+
+def test_ruleless_up_scores_this_hosts_own_processes(tmp_path: Path) -> None:
+    """`ruleless up` as a user runs it (own embedded broker), then this host execs a process."""
+    query_port = free_port()
+    env = {
+        **os.environ,
+        "RULELESS_KAFKA__BOOTSTRAP": f"127.0.0.1:{free_port()}",
+        "RULELESS_SINK__QUERY_PORT": str(query_port),
+        "RULELESS_WORKER__METRICS_PORT": str(free_port()),
+        "RULELESS_SINK__METRICS_PORT": str(free_port()),
+        "RULELESS_AGENT__METRICS_PORT": str(free_port()),
+        "RULELESS_AGENT__ORG_ID": "selftest",
+    }
+    marker = f"{time.time() % 1000:.3f}"
+    up = subprocess.Popen(
+        [RULELESS, "up", "--data-dir", str(tmp_path / "data")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{query_port}"
+        poll_sql(url, "SELECT 1 AS ok", lambda r: bool(r), timeout=120)
+        time.sleep(5)  # let the worker join its group before the process we look for runs
+        child = subprocess.Popen(["sleep", marker])
+        rows = poll_sql(
+            url,
+            f"SELECT cmdline, score, severity, org_id, host FROM ruleless.security_events FINAL WHERE cmdline = 'sleep {marker}'",
+            lambda r: bool(r),
+            timeout=120,
+        )
+        child.kill()
+        assert rows[0]["org_id"] == "selftest"
+        assert 0.0 <= float(rows[0]["score"]) <= 1.0
+    finally:
+        up.send_signal(signal.SIGINT)
+        out, _ = up.communicate(timeout=90)
+    text = out.decode(errors="replace")
+    assert up.returncode == 0, text
+    assert "ruleless is up" in text and "ruleless query" in text
+    assert "stopped." in text
