@@ -164,6 +164,27 @@ def query(
 
 
 @app.command()
+def search(
+    text: Annotated[str, typer.Argument(help="Words of a command line, e.g. 'curl bash'.")],
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Hits to show.")] = 20,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="Only shards whose table name contains this (e.g. acme__web).")] = None,
+    lancedb: Annotated[Optional[str], typer.Option("--lancedb", envvar="RULELESS_LANCEDB__URI", help="LanceDB URI of the shards.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Find learned behaviours like TEXT across the shards' baselines."""
+    from rich.table import Table
+    from rich.console import Console
+
+    from streams.search import search as run_search
+
+    settings = _settings(config, lancedb={"uri": lancedb})
+    table = Table("shard table", "behaviour", "seen", "similarity")
+    for hit in run_search(settings.lancedb.uri, text, limit, shard or "", settings.engine.dims):
+        table.add_row(hit.table, hit.behaviour[:100], str(hit.count), f"{hit.similarity:.2f}")
+    Console().print(table)
+
+
+@app.command()
 def feedback(
     event_id: Annotated[str, typer.Argument(help="event_id of a scored event.")],
     label: Annotated[str, typer.Argument(help="benign or malicious.")],
