@@ -59,3 +59,7 @@ class ServiceError(RulelessError):
 
 class CaptureError(RulelessError):
     """A capture backend cannot start or cannot read its source (e.g. /proc missing)."""
+
+
+class QueryError(RulelessError):
+    """A read query was refused (not read-only, malformed) or failed in the store."""
