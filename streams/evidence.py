@@ -44,7 +44,6 @@ import base64
 import ipaddress
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -98,20 +97,21 @@ def _schema() -> pa.Schema:
     )
 
 
-@dataclass(frozen=True, slots=True)
 class Observation:
-    kind: str
-    ctx: str
-    value: str
-    weight: float
+    """One value seen in one context; ``key`` and ``ctx_key`` are built once."""
 
-    @property
-    def key(self) -> str:
-        return f"{self.kind}{SEP}{self.ctx}{SEP}{self.value}"
+    __slots__ = ("kind", "ctx", "value", "weight", "key", "ctx_key")
 
-    @property
-    def ctx_key(self) -> str:
-        return f"{self.kind}{SEP}{self.ctx}"
+    def __init__(self, kind: str, ctx: str, value: str, weight: float):
+        self.kind = kind
+        self.ctx = ctx
+        self.value = value
+        self.weight = weight
+        self.ctx_key = f"{kind}{SEP}{ctx}"
+        self.key = f"{self.ctx_key}{SEP}{value}"
+
+    def __repr__(self) -> str:
+        return f"Observation({self.kind!r}, {self.ctx!r}, {self.value!r}, {self.weight})"
 
 
 # -- featurisation ---------------------------------------------------------------------
