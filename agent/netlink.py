@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.enrich import Enricher
-from agent.process import DEFAULT_MAX_CMDLINE_BYTES, read_process
+from agent.process import DEFAULT_MAX_CMDLINE_BYTES, Grabbed, finish, grab
 from ruleless.settings import AgentSettings
 from schemas.errors import CaptureError
 from schemas.events import RawEvent, decode, encode
@@ -70,6 +70,8 @@ DEFAULT_QUEUE_LIMIT = 200_000
 REALTIME_PRIORITY = 10
 READER_START_TIMEOUT_S = 20.0
 PIPE_BYTES = 1 << 20
+RECEIVE_BATCH = 64
+WAKE_INTERVAL_S = 0.2  # how often the reader checks for SIGTERM or a dead agent
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,30 +316,40 @@ class Reader:
     def run(self, parent: int) -> None:
         """Read until told to stop, the parent (``parent`` pid) dies, or the pipe breaks."""
         buf = bytearray(65536)
-        view = memoryview(buf)
         self._write(f"Rreceive buffer {_rcvbuf_of(self._sock) >> 10} KiB\n".encode())
         while not self.stopping and os.getppid() == parent:
+            execs = self._receive(buf)
+            # Grab every waiting process's command line before anything slower: when a
+            # burst queues several notifications, the last one's process is still alive.
+            grabbed = [(event, grab(_tgid(event), self._root, self._max_cmdline)) for event in execs]
+            for event, held in grabbed:
+                self._on_exec(event, held)
+            self._report(force=False)
+        self._report(force=True)
+
+    def _receive(self, buf: bytearray) -> list[ProcEvent]:
+        """Exec notifications: wait for one datagram, then take those already queued."""
+        execs: list[ProcEvent] = []
+        # select() for the wait, then non-blocking reads: a socket timeout would make
+        # Python wait before every read, even with MSG_DONTWAIT.
+        if not select.select([self._sock], [], [], WAKE_INTERVAL_S)[0]:
+            return execs
+        while len(execs) < RECEIVE_BATCH:
             try:
-                size = self._sock.recv_into(buf)
-            except TimeoutError:
-                size = 0
-            except InterruptedError:
-                continue
+                size = self._sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
             except OSError as exc:
                 if exc.errno != errno.ENOBUFS:
                     raise
                 self._stats["overrun"] += 1
-                size = 0
-            for event in parse_messages(view[:size]):
-                if event.what == PROC_EVENT_EXEC and event.args:
-                    self._on_exec(event)
-            self._report(force=False)
-        self._report(force=True)
+                break
+            execs.extend(e for e in parse_messages(memoryview(buf)[:size]) if e.what == PROC_EVENT_EXEC and e.args)
+        return execs
 
-    def _on_exec(self, event: ProcEvent) -> None:
+    def _on_exec(self, event: ProcEvent, held: Grabbed | None) -> None:
         self._stats["seen"] += 1
-        pid = event.args[1] if len(event.args) > 1 else event.args[0]  # tgid
-        info = read_process(pid, self._root, self._max_cmdline)
+        info = finish(held, self._max_cmdline) if held is not None else None
         if info is None:
             self._stats["exited"] += 1
             return
@@ -368,6 +380,7 @@ def main(argv: list[str]) -> int:
     except CaptureError as exc:
         os.write(out, b"X" + str(exc).encode() + b"\n")
         return 1
+    sock.settimeout(None)  # the reader waits in select(); see Reader._receive
     reader = Reader(
         sock, AgentSettings.model_validate(config["agent"]), out,
         str(config["proc_root"]), int(config["max_cmdline_bytes"]),
@@ -384,6 +397,10 @@ def main(argv: list[str]) -> int:
     except BrokenPipeError:
         return 0  # the agent is gone
     return 0
+
+
+def _tgid(event: ProcEvent) -> int:
+    return event.args[1] if len(event.args) > 1 else event.args[0]
 
 
 def _raise_priority() -> None:

@@ -60,15 +60,40 @@ def read_process(
 
     The command line is read first: it is what disappears first when a process exits.
     """
+    grabbed = grab(pid, proc_root, max_cmdline_bytes)
+    return finish(grabbed, max_cmdline_bytes) if grabbed is not None else None
+
+
+@dataclass(slots=True)
+class Grabbed:
+    """A process's /proc directory, held open, and its command line read at once."""
+
+    dirfd: int
+    cmdline: bytes
+
+
+def grab(pid: int, proc_root: str | Path = "/proc", max_cmdline_bytes: int = DEFAULT_MAX_CMDLINE_BYTES) -> Grabbed | None:
+    """Pin /proc/``pid`` and read its command line: the part of :func:`read_process` that
+    races the process's exit. None if it is already gone. Pass the result to
+    :func:`finish`, which closes the directory."""
     try:
         dirfd = os.open(f"{proc_root}/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return None
+    cmdline = read_at(dirfd, "cmdline", max_cmdline_bytes + 1)
+    if cmdline is None:
+        os.close(dirfd)
+        return None
+    return Grabbed(dirfd, cmdline)
+
+
+def finish(grabbed: Grabbed, max_cmdline_bytes: int = DEFAULT_MAX_CMDLINE_BYTES) -> ProcessInfo | None:
+    """The rest of :func:`read_process` for a grabbed process; closes its directory."""
+    dirfd = grabbed.dirfd
     try:
-        cmdline = read_at(dirfd, "cmdline", max_cmdline_bytes + 1)
         raw_stat = read_at(dirfd, "stat")
         status = read_at(dirfd, "status")
-        if cmdline is None or raw_stat is None or status is None:
+        if raw_stat is None or status is None:
             return None
         exe, exe_flags = _read_exe(dirfd)
         cgroup = read_at(dirfd, "cgroup") or b""
@@ -76,10 +101,12 @@ def read_process(
         os.close(dirfd)
     try:
         stat = parse_stat(raw_stat)
-        uid = real_uid_from_status(status.decode("utf-8", "replace"))
-        gid = _real_gid_from_status(status.decode("utf-8", "replace"))
+        status_text = status.decode("utf-8", "replace")
+        uid = real_uid_from_status(status_text)
+        gid = _real_gid_from_status(status_text)
     except (ValueError, IndexError):
         return None
+    cmdline = grabbed.cmdline
     truncated = len(cmdline) > max_cmdline_bytes
     argv, flags = split_cmdline(cmdline[:max_cmdline_bytes], truncated=truncated)
     if not argv:
@@ -201,8 +228,11 @@ class Lineage:
 __all__ = [
     "DEFAULT_MAX_CMDLINE_BYTES",
     "FLAG_ARGV_TRUNCATED",
+    "Grabbed",
     "Lineage",
     "ProcessInfo",
+    "finish",
+    "grab",
     "read_at",
     "read_file",
     "read_process",
