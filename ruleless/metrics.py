@@ -29,6 +29,10 @@ class WorkerMetrics:
             inst.scores = Histogram("ruleless_worker_score", "Scores given", buckets=_SCORE_BUCKETS)
             inst.batch_seconds = Histogram("ruleless_worker_batch_seconds", "Time to score and publish one micro-batch")
             inst.shards = Gauge("ruleless_worker_shards", "Shards held in memory")
+            inst.already_learned = Counter(
+                "ruleless_worker_already_learned_total",
+                "Re-delivered raw events skipped because their shard had already learned them",
+            )
             cls._instance = inst
         return cls._instance
 

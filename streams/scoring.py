@@ -3,6 +3,12 @@
 Shards are loaded whole from LanceDB the first time an event needs them, scored in
 memory, and their changes written back in batches by :meth:`flush` — callers flush
 before they commit offsets, so learning is never lost behind a commit.
+
+Stream callers pass where each event came from (:meth:`score_new`): each shard then
+remembers the last input offset it learned, writes it with its learning, and skips
+events it has already learned when a partition is read again after a crash or a
+rebalance — learning is exactly-once per event, so scores do not depend on where a
+worker died.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from ruleless.settings import Settings
 from schemas.events import RawEvent, ScoredEvent
 from streams.engine import Engine
-from streams.store import ShardStore
+from streams.store import Position, ShardStore
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +31,8 @@ class ScoringService:
         self.engine = engine or Engine(settings.engine)
         self.store = store or ShardStore(settings.lancedb.uri)
         self._last_compact = time.monotonic()
+        # Per shard in memory: the last input event its learning includes (stream only).
+        self.positions: dict[str, Position] = {}
 
     @property
     def algorithm(self) -> str:
@@ -34,23 +42,50 @@ class ScoringService:
         self._load(self.engine.missing(events))
         return self.engine.score(events, time.time() if now is None else now)
 
+    def score_new(
+        self, events: Sequence[RawEvent], positions: Sequence[Position], now: float | None = None
+    ) -> tuple[list[ScoredEvent], int]:
+        """Score the events their shard has not learned yet, in order; skip the others.
+
+        ``positions[i]`` is where ``events[i]`` was read (topic/partition, offset); a
+        shard's events come from one partition in offset order. Returns the scored
+        events (input order) and how many were skipped as already learned — events a
+        previous owner scored, published and flushed before it died or lost the partition.
+        """
+        self._load(self.engine.missing(events))
+        fresh: list[RawEvent] = []
+        for event, position in zip(events, positions, strict=True):
+            key = event.shard_key
+            known = self.positions.get(key)
+            if known is not None and known.covers(position.source, position.offset):
+                continue
+            fresh.append(event)
+            self.positions[key] = position
+        scored = self.engine.score(fresh, time.time() if now is None else now) if fresh else []
+        return scored, len(events) - len(fresh)
+
     def feedback(self, event: RawEvent, label: str) -> None:
         self._load(self.engine.missing([event]))
         self.engine.feedback(event, label)
 
     def _load(self, keys: Iterable[str]) -> None:
         for key in keys:
-            table = self.store.load(self.algorithm, key)
+            loaded = self.store.load_with_position(self.algorithm, key)
+            table, position = loaded if loaded is not None else (None, None)
             shard = self.engine.algorithm.load_shard(table) if table is not None else None
             self.engine.install(key, shard)
+            self.positions.pop(key, None)
+            if position is not None:
+                self.positions[key] = position
             if shard is not None:
-                log.info("loaded shard %s (%d behaviours)", key, len(shard))
+                log.info("loaded shard %s (%d behaviours, learned up to %s@%s)", key, len(shard),
+                         position.source if position else "-", position.offset if position else "-")
 
     def flush(self) -> int:
-        """Persist every shard's changes; returns how many shards were written."""
+        """Persist every shard's changes, each with its position; returns shards written."""
         changes = self.engine.take_changes()
         for key, change in changes.items():
-            self.store.save(self.algorithm, key, change)
+            self.store.save(self.algorithm, key, change, position=self.positions.get(key))
         return len(changes)
 
     def release(self, keys: Iterable[str]) -> None:
@@ -58,6 +93,7 @@ class ScoringService:
         self.flush()
         for key in keys:
             self.engine.evict(key)
+            self.positions.pop(key, None)
 
     def maintain(self) -> None:
         """Prune expired entries and compact tables when the compaction interval is up."""

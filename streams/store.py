@@ -3,6 +3,12 @@
 One table per (algorithm, org_id, workload). The engine's changes are written in batches
 (one merge per shard per flush), tables are compacted periodically, and expired rows are
 deleted by key. A shard is read whole when its owner first needs it.
+
+Every write also records the shard's *position*: the input partition and offset of the
+last event its learning includes (issue 5). The position columns travel in the same
+LanceDB commit as the learning (upserts and deletes are one ``merge_insert``), so a
+reloaded shard says exactly which events it has already learned — what lets a new owner
+after a crash skip them instead of learning them twice.
 """
 
 from __future__ import annotations
@@ -11,12 +17,63 @@ import hashlib
 import logging
 from datetime import timedelta
 
+from dataclasses import dataclass
+
 import lancedb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from streams.algorithm import Changes
 
 log = logging.getLogger(__name__)
+
+# Bookkeeping columns the store adds to every algorithm's rows (never seen by algorithms):
+# the flush sequence number of the write, and the position of the shard at that write.
+SEQ_COLUMN = "_seq"
+SOURCE_COLUMN = "_source"
+OFFSET_COLUMN = "_offset"
+_POSITION_FIELDS = [
+    pa.field(SEQ_COLUMN, pa.int64()),
+    pa.field(SOURCE_COLUMN, pa.string()),
+    pa.field(OFFSET_COLUMN, pa.int64()),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """The last input event a shard's learning includes: ``source`` is "topic/partition"."""
+
+    source: str
+    offset: int
+
+    def covers(self, source: str, offset: int) -> bool:
+        """True when the event at (source, offset) is already in the shard's learning."""
+        return source == self.source and offset <= self.offset
+
+
+def _with_position(table: pa.Table, seq: int, position: Position | None) -> pa.Table:
+    """``table`` plus the bookkeeping columns, the same values on every row."""
+    n = table.num_rows
+    return (
+        table.append_column(_POSITION_FIELDS[0], pa.array([seq] * n, pa.int64()))
+        .append_column(_POSITION_FIELDS[1], pa.array([position.source if position else None] * n, pa.string()))
+        .append_column(_POSITION_FIELDS[2], pa.array([position.offset if position else None] * n, pa.int64()))
+    )
+
+
+def _split_position(table: pa.Table) -> tuple[pa.Table, int, Position | None]:
+    """The algorithm's columns, the highest flush sequence, and the position it wrote."""
+    if SEQ_COLUMN not in table.column_names:
+        return table, 0, None
+    learned = table.drop_columns([f.name for f in _POSITION_FIELDS if f.name in table.column_names])
+    seqs = table.column(SEQ_COLUMN)
+    if table.num_rows == 0 or seqs.null_count == table.num_rows:
+        return learned, 0, None
+    seq = int(pc.max(seqs).as_py())
+    last = table.filter(pc.equal(seqs, seq)).slice(0, 1).to_pylist()[0]
+    source, offset = last.get(SOURCE_COLUMN), last.get(OFFSET_COLUMN)
+    position = Position(source, int(offset)) if source is not None and offset is not None else None
+    return learned, seq, position
 
 
 def table_name(algorithm: str, shard_key: str) -> str:
@@ -31,19 +88,31 @@ class ShardStore:
         self.uri = uri
         self._db = lancedb.connect(uri)
         self._touched: set[str] = set()
+        # Highest flush sequence number per table, as last read or written here.
+        self._seq: dict[str, int] = {}
 
     def _names(self) -> set[str]:
         return set(self._db.list_tables().tables)
 
     def load(self, algorithm: str, shard_key: str) -> pa.Table | None:
+        """The shard's learned rows in the algorithm's schema, or None if it has none."""
+        loaded = self.load_with_position(algorithm, shard_key)
+        return loaded[0] if loaded is not None else None
+
+    def load_with_position(self, algorithm: str, shard_key: str) -> tuple[pa.Table, Position | None] | None:
+        """The shard's learned rows and its position (None when written without one)."""
         name = table_name(algorithm, shard_key)
         try:
-            return self._db.open_table(name).to_arrow()
+            raw = self._db.open_table(name).to_arrow()
         except (FileNotFoundError, ValueError):
             return None
+        learned, seq, position = _split_position(raw)
+        self._seq[name] = seq
+        return learned, position
 
-    def save(self, algorithm: str, shard_key: str, changes: Changes) -> None:
-        """Apply one shard's changes: upsert by key, then delete expired keys."""
+    def save(self, algorithm: str, shard_key: str, changes: Changes, position: Position | None = None) -> None:
+        """Apply one shard's changes in one commit: upsert by key, delete expired keys,
+        and record ``position`` (the last event the changes include) with them."""
         name = table_name(algorithm, shard_key)
         upserts = changes.upserts
         try:
@@ -51,25 +120,42 @@ class ShardStore:
         except (FileNotFoundError, ValueError):
             if upserts is None:
                 return
-            self._db.create_table(name, upserts)
+            self._db.create_table(name, _with_position(upserts, 1, position))
+            self._seq[name] = 1
             self._touched.add(name)
             return
+        seq = self._next_seq(name, table)
         if upserts is not None and upserts.num_rows:
-            (
-                table.merge_insert("key")
-                .when_matched_update_all()
-                .when_not_matched_insert_all()
-                .execute(upserts)
-            )
-        if changes.deletes:
-            quoted = ", ".join("'" + k.replace("'", "''") + "'" for k in changes.deletes)
-            table.delete(f"key IN ({quoted})")
+            self._ensure_position_columns(table)
+            merge = table.merge_insert("key").when_matched_update_all().when_not_matched_insert_all()
+            if changes.deletes:
+                # Same commit as the upserts: a crash cannot leave one without the other.
+                merge = merge.when_not_matched_by_source_delete(_key_in(changes.deletes))
+            merge.execute(_with_position(upserts, seq, position))
+        elif changes.deletes:
+            table.delete(_key_in(changes.deletes))
+        self._seq[name] = seq
         self._touched.add(name)
 
-    def replace(self, algorithm: str, shard_key: str, table: pa.Table) -> None:
-        """Swap a shard's whole contents for ``table`` (used by replay)."""
+    def _next_seq(self, name: str, table: lancedb.table.Table) -> int:
+        if name not in self._seq:
+            self._seq[name] = _split_position(table.to_arrow())[1]
+        return self._seq[name] + 1
+
+    @staticmethod
+    def _ensure_position_columns(table: lancedb.table.Table) -> None:
+        """Tables written before positions existed get the (null) columns once."""
+        missing = {f.name: f"CAST(NULL AS {'string' if f.type == pa.string() else 'bigint'})"
+                   for f in _POSITION_FIELDS if f.name not in table.schema.names}
+        if missing:
+            table.add_columns(missing)
+
+    def replace(self, algorithm: str, shard_key: str, table: pa.Table, position: Position | None = None) -> None:
+        """Swap a shard's whole contents for ``table`` in one commit (used by replay);
+        ``position`` is the last event the new contents include."""
         name = table_name(algorithm, shard_key)
-        self._db.create_table(name, table, mode="overwrite")
+        self._db.create_table(name, _with_position(table, 1, position), mode="overwrite")
+        self._seq[name] = 1
         self._touched.add(name)
 
     def drop(self, algorithm: str, shard_key: str) -> None:
@@ -91,3 +177,8 @@ class ShardStore:
 
     def version(self, algorithm: str, shard_key: str) -> int:
         return int(self._db.open_table(table_name(algorithm, shard_key)).version)
+
+
+def _key_in(keys: list[str]) -> str:
+    quoted = ", ".join("'" + k.replace("'", "''") + "'" for k in keys)
+    return f"key IN ({quoted})"

@@ -7,6 +7,14 @@ committable — only after their outputs are delivered *and* the learning they c
 been written to LanceDB by the periodic flush. That is at-least-once from raw to scored:
 a crash replays uncommitted events, which the new owner scores from the last flushed
 state; the sink's idempotency by event_id removes the copies.
+
+Learning is exactly-once (issue 5): scoring a batch and publishing its outputs is one
+step under a lock that the flush also takes, so flushed learning only ever includes
+events whose outputs the broker acknowledged; each shard's flush records the last
+offset it learned, and a re-delivered event at or below it is skipped (it was scored,
+published and learned already). Events after it are scored from exactly the state the
+dead owner had before them, so a takeover gives the same scores as one worker would.
+On revocation every shard is flushed and evicted; the next owner reloads it from LanceDB.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from ruleless.settings import Settings
 from schemas.errors import DecodeError
 from schemas.events import DeadLetter, RawEvent, ScoredEvent, decode, decode_feedback, encode
 from streams.scoring import ScoringService
+from streams.store import Position
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +76,48 @@ class ScoringAgent:
         self._scored = app.topic(self.topics.scored, key_type=bytes, value_type=bytes)
         self._alerts = app.topic(self.topics.alerts, key_type=bytes, value_type=bytes)
         self._dead = app.topic(self.topics.dead_letter, key_type=bytes, value_type=bytes)
+        # Held while a batch is scored *and* published, and while shards are flushed:
+        # flushed learning never includes an event whose outputs are not delivered.
+        self._lock = asyncio.Lock()
+        # Set when a batch failed after scoring: its learning must never be flushed.
+        self.failed = False
 
     async def process(self, stream: Any, events: list[EventT]) -> None:
         """Score one micro-batch and publish its results; ack comes with the next flush."""
+        async with self._lock:
+            if self.failed:
+                return
+            try:
+                await self._process(stream, self._owned(events))
+            except BaseException:
+                # In-memory shards now hold learning whose outputs may be lost: never
+                # flush it. The caller stops the worker; the next owner re-scores.
+                self.failed = True
+                raise
+
+    def _owned(self, events: list[EventT]) -> list[EventT]:
+        """Drop events of partitions revoked while they sat in the take buffer: their
+        new owner scores them, and learning them here would write a stale shard."""
+        assigned = self.app.consumer.assignment()
+        kept = [ev for ev in events if ev.message.tp in assigned]
+        if len(kept) < len(events):
+            log.info("dropped %d buffered events of revoked partitions", len(events) - len(kept))
+        return kept
+
+    async def _process(self, stream: Any, events: list[EventT]) -> None:
         self._stream = stream
         started = time.perf_counter()
         good, bad = self._decode(events)
         loop = asyncio.get_running_loop()
         scored: list[ScoredEvent] = []
         if good:
-            scored = await loop.run_in_executor(self.executor, self.service.score, [e for e, _ in good])
+            positions = [Position(f"{ev.message.topic}/{ev.message.partition}", ev.message.offset) for _, ev in good]
+            scored, skipped = await loop.run_in_executor(
+                self.executor, self.service.score_new, [e for e, _ in good], positions
+            )
+            if skipped:
+                self.metrics.already_learned.inc(skipped)
+                log.info("skipped %d re-delivered events their shards had already learned", skipped)
         futures = [await self._dead.send(key=ev.key, value=encode(dl)) for ev, dl in bad]
         for out in scored:
             key = out.shard_key.encode()
@@ -128,6 +169,12 @@ class ScoringAgent:
 
     async def flush(self) -> None:
         """Write learning to LanceDB, then ack everything scored before it."""
+        async with self._lock:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if self.failed:
+            return
         done, self._pending = self._pending, []
         loop = asyncio.get_running_loop()
         shards = await loop.run_in_executor(self.executor, self.service.flush)
@@ -141,10 +188,14 @@ class ScoringAgent:
 
     async def release_all(self) -> None:
         """On revocation: persist, then forget every shard so no stale state survives."""
-        await self.flush()
-        loop = asyncio.get_running_loop()
-        keys = list(self.service.engine.shards)
-        await loop.run_in_executor(self.executor, self.service.release, keys)
+        async with self._lock:
+            await self._flush()
+            loop = asyncio.get_running_loop()
+            keys = list(self.service.engine.shards)
+            await loop.run_in_executor(self.executor, self.service.release, keys)
+            self.metrics.shards.set(0)
+            if keys:
+                log.info("released %d shards (partitions revoked); their next owner reloads them", len(keys))
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -175,7 +226,14 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(raw, name="score")
     async def score(stream: Any) -> None:
         async for events in stream.noack_take(worker.batch_size, within=worker.batch_window_s):
-            await agent_state.process(stream, events)
+            try:
+                await agent_state.process(stream, events)
+            except Exception as exc:
+                # Faust would restart the agent past the failed batch; stop the worker
+                # instead, so its partitions go to an owner that re-scores the batch.
+                log.exception("scoring failed; stopping this worker without flushing")
+                await app.crash(exc)
+                return
 
     feedback = app.topic(settings.topics.feedback, key_type=bytes, value_type=bytes)
 
@@ -191,6 +249,11 @@ def create_app(settings: Settings) -> faust.App:
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: faust.App, revoked: set[Any], **kwargs: Any) -> None:
         await agent_state.release_all()
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender: faust.App, assigned: set[Any], **kwargs: Any) -> None:
+        mine = sorted(tp.partition for tp in assigned if tp.topic == settings.topics.raw)
+        log.info("assigned %d partitions of %s: %s", len(mine), settings.topics.raw, mine)
 
     app.ruleless = agent_state  # type: ignore[attr-defined]
     return app
