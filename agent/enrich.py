@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
+
 from agent.capture import make_exec_id, stable_event_id
 from agent.process import Lineage, ProcessInfo
 from agent.procfs import container_id_from_cgroup
@@ -42,30 +44,63 @@ class Enricher:
         ``occurrence`` tells several execs of one process apart (one process may exec
         more than once, e.g. ``sh -c 'exec foo'``); the kernel's exec timestamp is a good
         one, since it never changes when the event is re-sent. ``argv``/``flags``
-        override what /proc said (eBPF reads argv from the syscall itself); ``ppid``
-        overrides the parent (eBPF knows it from the fork event).
+        override what /proc said; ``ppid`` overrides the parent.
         """
+        return self._event(info, ts, "exec", occurrence, argv=argv, flags=flags, ppid=ppid)
+
+    def connection_event(
+        self,
+        info: ProcessInfo,
+        ts: float,
+        event_type: str,
+        occurrence: str,
+        *,
+        local: tuple[str, int],
+        remote: tuple[str, int] | None,
+    ) -> RawEvent:
+        """A ``connect`` or ``listen`` event of ``info``'s process, with its exec context
+        (command line, parent, ancestors), so it scores like the process it belongs to.
+        ``occurrence`` identifies the socket (e.g. its inode)."""
+        event = self._event(info, ts, event_type, occurrence)
+        return msgspec.structs.replace(
+            event,
+            local_ip=local[0], local_port=local[1],
+            remote_ip=remote[0] if remote else None, remote_port=remote[1] if remote else None,
+        )  # fmt: skip
+
+    def _event(
+        self,
+        info: ProcessInfo,
+        ts: float,
+        event_type: str,
+        occurrence: str,
+        *,
+        argv: list[str] | None = None,
+        flags: list[str] | None = None,
+        ppid: int | None = None,
+    ) -> RawEvent:
         stat = info.stat
         parent = stat.ppid if ppid is None else ppid
         exec_id = make_exec_id(self._agent.host, stat.start_ticks, stat.pid)
         ancestors = self.lineage.ancestors(parent)
         org_id, workload = self.workloads.resolve(info.cgroup)
         all_flags = list(info.flags if flags is None else flags)
+        argv = info.argv if argv is None else argv
         return RawEvent(
             ts=ts,
             org_id=org_id,
             workload=workload,
             host=self._agent.host,
-            event_type="exec",
-            event_id=stable_event_id(exec_id, "exec", occurrence),
+            event_type=event_type,
+            event_id=stable_event_id(exec_id, event_type, occurrence),
             pid=stat.pid,
             ppid=parent,
             uid=info.uid,
             user=self.lineage.user(info.uid),
             process_name=stat.comm,
             exe=info.exe,
-            cmdline=" ".join(info.argv if argv is None else argv),
-            argv=info.argv if argv is None else argv,
+            cmdline=" ".join(argv),
+            argv=argv,
             parent_process=ancestors[0] if ancestors else "",
             ancestors=ancestors,
             container_id=container_id_from_cgroup(info.cgroup) if info.cgroup else None,

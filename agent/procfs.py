@@ -11,8 +11,9 @@ pid and start time, so it is not reported again; a fork without exec is reported
 ``exec`` of the parent's image; ``ppid`` is the parent at scan time (an orphan shows its
 reaper).
 
-The parsers (:func:`parse_stat`, :func:`split_cmdline`, :func:`container_id_from_cgroup`,
-:func:`real_uid_from_status`) are pure functions; only :class:`ProcfsBackend` touches /proc.
+The parsers (:func:`parse_stat`, :func:`split_cmdline`, :func:`real_uid_from_status`, and
+:func:`~agent.workload.container_id_from_cgroup`, re-exported here) are pure functions;
+only :class:`ProcfsBackend` touches /proc.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from __future__ import annotations
 import logging
 import os
 import pwd
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.capture import make_exec_id, stable_event_id
+from agent.workload import WorkloadResolver
+from agent.workload import container_id_from_cgroup as container_id_from_cgroup  # re-exported
 from ruleless.settings import AgentSettings
 from schemas.errors import CaptureError
 from schemas.events import RawEvent
@@ -44,15 +46,6 @@ FLAG_ARGV_TRUNCATED = "argv_truncated"
 FLAG_ARGV_NOT_UTF8 = "argv_not_utf8"
 FLAG_CMDLINE_UNAVAILABLE = "cmdline_unavailable"  # zombie, or argv hidden from us
 FLAG_EXE_DELETED = "exe_deleted"
-
-# A 64-hex container id as a whole cgroup path segment, optionally wrapped the way
-# docker, containerd (cri-containerd-), cri-o (crio-) and podman (libpod-) name it:
-#   /docker/<id>   /system.slice/docker-<id>.scope   .../cri-containerd-<id>.scope
-#   .../crio-<id>.scope   .../libpod-<id>.scope   /kubepods/.../<id>
-_CONTAINER_SEGMENT = re.compile(
-    r"^(?:(?:docker|cri-containerd|containerd|crio|libpod)-)?([0-9a-f]{64})(?:\.scope)?$"
-)
-
 
 @dataclass(frozen=True, slots=True)
 class ProcStat:
@@ -134,21 +127,6 @@ def real_uid_from_status(text: str) -> int:
     raise ValueError("no Uid: line in status")
 
 
-def container_id_from_cgroup(text: str) -> str | None:
-    """The 64-hex container id in /proc/PID/cgroup, or None for a host process.
-
-    Recognises docker, containerd/Kubernetes, cri-o and podman layouts on cgroup v1 and
-    v2. The innermost (last) id in a path wins.
-    """
-    for line in text.splitlines():
-        path = line.split(":", 2)[-1]
-        for segment in reversed(path.split("/")):
-            match = _CONTAINER_SEGMENT.match(segment)
-            if match:
-                return match.group(1)
-    return None
-
-
 def ancestors_of(ppid: int, table: dict[int, ProcStat], limit: int = MAX_ANCESTORS) -> list[str]:
     """Comms of up to ``limit`` ancestors, nearest first, walking ``table`` from ``ppid``.
 
@@ -204,6 +182,7 @@ class ProcfsBackend:
         self._pending: list[RawEvent] = []
         self._users: dict[int, str | None] = {}
         self._started = False
+        self._workloads = WorkloadResolver(agent)
 
     @property
     def tracked(self) -> int:
@@ -314,10 +293,11 @@ class ProcfsBackend:
             flags.append(FLAG_SNAPSHOT)
         parent = table.get(stat.ppid)
         exec_id = make_exec_id(self._agent.host, stat.start_ticks, stat.pid)
+        org_id, workload = self._workloads.resolve(cgroup or "")
         return RawEvent(
             ts=self._boot_time + stat.start_ticks / self._clk_tck,
-            org_id=self._agent.org_id,
-            workload=self._agent.workload,
+            org_id=org_id,
+            workload=workload,
             host=self._agent.host,
             event_type="exec",
             event_id=stable_event_id(exec_id, "exec"),

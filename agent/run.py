@@ -102,13 +102,24 @@ def _check_backend_name(requested: str) -> None:
 
 
 def _make_backend(name: str, agent: AgentSettings) -> CaptureBackend:
-    """An unstarted backend; CaptureError when its module cannot even load here."""
-    if name == "proc":
-        return ProcfsBackend(agent)
-    if name == "netlink":
-        from agent.netlink import NetlinkBackend
+    """An unstarted backend; CaptureError when its module cannot even load here.
 
-        return NetlinkBackend(agent)
+    netlink and /proc polling see no network activity: they get the /proc connection
+    scanner unless ``agent.connections_interval_s`` is 0.
+    """
+    if name in ("proc", "netlink"):
+        inner: CaptureBackend
+        if name == "proc":
+            inner = ProcfsBackend(agent)
+        else:
+            from agent.netlink import NetlinkBackend
+
+            inner = NetlinkBackend(agent)
+        if not agent.connections_interval_s:
+            return inner
+        from agent.connections import WithConnections
+
+        return WithConnections(inner, agent, source="procfs" if name == "proc" else "netlink")
     try:
         from agent.ebpf import EbpfBackend  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:

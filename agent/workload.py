@@ -1,4 +1,4 @@
-"""Which (org_id, workload) baseline a process belongs to.
+"""Which (org_id, workload) baseline a process belongs to, and its container id.
 
 One host may run several services that deserve baselines of their own. With
 ``agent.workload_from``:
@@ -21,12 +21,33 @@ import json
 import re
 from pathlib import Path
 
-from agent.procfs import container_id_from_cgroup
 from ruleless.settings import AgentSettings
 
+# A 64-hex container id as a whole cgroup path segment, optionally wrapped the way
+# docker, containerd (cri-containerd-), cri-o (crio-) and podman (libpod-) name it:
+#   /docker/<id>   /system.slice/docker-<id>.scope   .../cri-containerd-<id>.scope
+#   .../crio-<id>.scope   .../libpod-<id>.scope   /kubepods/.../<id>
+_CONTAINER_SEGMENT = re.compile(
+    r"^(?:(?:docker|cri-containerd|containerd|crio|libpod)-)?([0-9a-f]{64})(?:\.scope)?$"
+)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _SERVICE = re.compile(r"^(.+)\.service$")
 _CACHE_LIMIT = 4096
+
+
+def container_id_from_cgroup(text: str) -> str | None:
+    """The 64-hex container id in /proc/PID/cgroup, or None for a host process.
+
+    Recognises docker, containerd/Kubernetes, cri-o and podman layouts on cgroup v1 and
+    v2. The innermost (last) id in a path wins.
+    """
+    for line in text.splitlines():
+        path = line.split(":", 2)[-1]
+        for segment in reversed(path.split("/")):
+            match = _CONTAINER_SEGMENT.match(segment)
+            if match:
+                return match.group(1)
+    return None
 
 
 def safe_name(raw: str) -> str | None:

@@ -165,6 +165,9 @@ class AgentSettings(BaseModel):
     # workload above for every process; "systemd" = its service unit; "container" = its
     # container. Processes outside a unit/container keep the workload above.
     workload_from: Literal["config", "systemd", "container"] = "config"
+    # Backends without eBPF find TCP connects/listens by scanning /proc this often
+    # (agent/connections.py); 0 turns that off.
+    connections_interval_s: float = Field(2.0, ge=0)
 
     @field_validator("org_id", "workload")
     @classmethod
