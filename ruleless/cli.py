@@ -149,6 +149,36 @@ def score(
 
 
 @app.command()
+def replay(
+    since: Annotated[Optional[str], typer.Option("--since", help="Replay messages from this time (epoch seconds or ISO 8601, UTC by default).")] = None,
+    from_offset: Annotated[Optional[int], typer.Option("--from-offset", help="Replay every partition from this offset.")] = None,
+    shard: Annotated[Optional[list[str]], typer.Option("--shard", help="Only this org_id/workload (repeatable); default: every shard.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Run even though the worker group has members.")] = False,
+    algorithm: Annotated[Optional[str], typer.Option("--algorithm", envvar="RULELESS_ENGINE__ALGORITHM", help="Scoring algorithm.")] = None,
+    lancedb: Annotated[Optional[str], typer.Option("--lancedb", envvar="RULELESS_LANCEDB__URI", help="LanceDB URI of the shards.")] = None,
+    config: ConfigOpt = None,
+    kafka: KafkaOpt = None,
+    log_format: LogFormatOpt = None,
+) -> None:
+    """Rebuild baselines from the raw topic into fresh shards (stop the workers first)."""
+    from streams.replay import parse_shards, parse_since, run
+
+    try:
+        settings = _settings(
+            config, log_format, kafka={"bootstrap": kafka}, lancedb={"uri": lancedb}, engine={"algorithm": algorithm}
+        )
+        run(
+            settings,
+            since=parse_since(since) if since is not None else None,
+            from_offset=from_offset,
+            shards=parse_shards(shard) if shard else None,
+            force=force,
+        )
+    except RulelessError as exc:
+        _fail(exc)
+
+
+@app.command()
 def query(
     sql: Annotated[str, typer.Argument(help="A read-only SQL statement.")],
     url: Annotated[str, typer.Option("--url", envvar="RULELESS_QUERY_URL", help="The sink's query endpoint.")] = "http://127.0.0.1:8124",

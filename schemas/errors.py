@@ -63,3 +63,7 @@ class CaptureError(RulelessError):
 
 class QueryError(RulelessError):
     """A read query was refused (not read-only, malformed) or failed in the store."""
+
+
+class ReplayError(RulelessError):
+    """A replay cannot run as asked (workers still consuming, empty or bad range)."""
