@@ -8,15 +8,17 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from agent.capture import CaptureBackend
 from agent.procfs import ProcfsBackend
 from agent.publish import JsonLinesOutput, KafkaPublisher, Output
+from agent.spool import SpooledPublisher
 from ruleless.kafka import ensure_topics
 from ruleless.settings import AgentSettings, Settings
-from schemas.errors import CaptureError, ConfigError
+from schemas.errors import CaptureError, ConfigError, ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +42,12 @@ def run(
     ``ready`` is set once the backend has started: from then on every exec is captured.
     On the way out, outstanding events are flushed (Output.close, up to 30 s for Kafka).
 
+    Publishing goes through the disk spool (agent/spool.py) unless
+    ``agent.spool_max_mib`` is 0: Kafka may be down at start and at any time after.
+
     Raises ConfigError for an unknown or unavailable backend, CaptureError when the
-    backend cannot read its source, ServiceError when Kafka cannot be reached at start.
+    backend cannot read its source, ServiceError when the spool is in use by another
+    agent (or, without a spool, when Kafka cannot be reached at start).
     """
     agent = settings.agent
     requested = backend or agent.backend
@@ -141,12 +147,16 @@ class AgentMetrics:
             registry=self.registry,
         )  # fmt: skip
         self.publish_errors = Counter(
-            "ruleless_agent_publish_errors", "Events the output failed to deliver",
+            "ruleless_agent_publish_errors", "Events the output failed to deliver (spool full)",
             registry=self.registry,
         )  # fmt: skip
         self.capture_drops = Counter(
             "ruleless_agent_capture_drops", "Events the capture backend knows it missed",
             ["backend", "reason"], registry=self.registry,
+        )  # fmt: skip
+        self.spool_bytes = Gauge(
+            "ruleless_agent_spool_bytes", "Size of the delivery spool on disk",
+            registry=self.registry,
         )  # fmt: skip
         self._backend = backend
         self._drops: dict[str, int] = {}
@@ -163,6 +173,8 @@ class AgentMetrics:
         self.published.inc(sink.delivered - self._delivered)
         self.publish_errors.inc(sink.failed - self._failed)
         self._delivered, self._failed = sink.delivered, sink.failed
+        if isinstance(sink, SpooledPublisher):
+            self.spool_bytes.set(sink.backlog_bytes())
 
     def sync_drops(self, drops: dict[str, int]) -> None:
         """Carry the backend's running drop totals into the counter."""
@@ -232,15 +244,36 @@ class _Window:
 @contextmanager
 def _open_output(settings: Settings, output: str | None) -> Iterator[Output]:
     sink: Output
-    if output is None:
+    if output is not None:
+        sink = JsonLinesOutput(output)
+    elif settings.agent.spool_max_mib:
+        sink = _spooled_publisher(settings)
+    else:
         ensure_topics(settings.kafka, settings.topics, names=[settings.topics.raw])
         sink = KafkaPublisher(settings.kafka, settings.topics.raw)
-    else:
-        sink = JsonLinesOutput(output)
     try:
         yield sink
     finally:
         sink.close()
+
+
+def _spooled_publisher(settings: Settings) -> SpooledPublisher:
+    """The Kafka output with the disk spool. Kafka being down at start is not fatal:
+    events are spooled, and the raw topic is created when the broker answers."""
+    agent, topics = settings.agent, settings.topics
+
+    def create_topic() -> None:
+        ensure_topics(settings.kafka, topics, names=[topics.raw], timeout=5.0)
+
+    try:
+        create_topic()
+    except ServiceError as exc:
+        log.warning("kafka unreachable at start (%s): events are spooled until it answers", exc)
+    spool_dir = Path(agent.spool_dir or Path(settings.data_dir) / "agent-spool")
+    return SpooledPublisher(
+        settings.kafka, topics.raw, spool_dir, max_bytes=agent.spool_max_mib << 20,
+        delivery_timeout_s=agent.delivery_timeout_s, on_reconnect=create_topic,
+    )  # fmt: skip
 
 
 def _describe_output(settings: Settings, output: str | None) -> str:

@@ -168,6 +168,13 @@ class AgentSettings(BaseModel):
     # Backends without eBPF find TCP connects/listens by scanning /proc this often
     # (agent/connections.py); 0 turns that off.
     connections_interval_s: float = Field(2.0, ge=0)
+    # Delivery (agent/spool.py): events wait on disk while Kafka is unreachable. Empty
+    # spool_dir = DATA_DIR/agent-spool; spool_max_mib 0 = no spool (librdkafka's memory
+    # queue only). An event that does not fit a full spool is dropped and counted.
+    spool_dir: str = ""
+    spool_max_mib: int = Field(256, ge=0)
+    # Without an acknowledgement within this time the broker counts as unreachable.
+    delivery_timeout_s: float = Field(10.0, gt=0)
 
     @field_validator("org_id", "workload")
     @classmethod
