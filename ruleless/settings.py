@@ -103,15 +103,6 @@ class EngineSettings(BaseModel):
     # wrong clock must not age out a whole shard's baseline.
     max_future_skew_s: float = Field(86_400.0, gt=0)
 
-    def thresholds_for(self, org_id: str, workload: str, learned: tuple[float, float] | None = None) -> Thresholds:
-        """Explicit per-(org, workload) override, else the shard's learned ones, else global."""
-        override = self.thresholds.get(f"{org_id}/{workload}")
-        if override is not None:
-            return override
-        if learned is not None:
-            return Thresholds(warn=learned[0], alert=learned[1])
-        return Thresholds(warn=self.warn, alert=self.alert)
-
     def retention_for(self, algorithm: str) -> float:
         return self.retention_days or DEFAULT_RETENTION_DAYS.get(algorithm, 7.0)
 
@@ -152,6 +143,41 @@ class SinkSettings(BaseModel):
     # Read-only SQL endpoint served by the sink, the process that owns an embedded store.
     query_host: str = "127.0.0.1"
     query_port: int = 8124
+
+
+class AlertRoute(BaseModel):
+    """How alerts of one (org, workload) become notifications (see sinks/throttle.py)."""
+
+    # Wait this long after a behaviour's first alert before posting it, gathering the
+    # rest of a burst (the same behaviour on 500 hosts) into the same notification.
+    group_wait_s: float = Field(10.0, ge=0)
+    # After a behaviour was posted, its further alerts for this long are counted and
+    # posted as one follow-up at the end (nothing if none came).
+    window_s: float = Field(300.0, gt=0)
+    # At most this many notifications per (org, workload) per window; the rest are
+    # folded into one digest posted when the window ends.
+    max_per_window: int = Field(20, ge=1)
+    # Alerts below this severity are not forwarded.
+    min_severity: Literal["warn", "alert"] = "warn"
+
+
+class AlertSettings(BaseModel):
+    """`ruleless alerts`: tail the alerts topic, forward notifications to a webhook."""
+
+    group_id: str = "ruleless-alerts"
+    webhook: str | None = None
+    # Sent as "Authorization: Bearer ..." when set.
+    webhook_token: SecretStr | None = None
+    timeout_s: float = Field(10.0, gt=0)
+    retry_min_s: float = Field(0.5, gt=0)
+    retry_max_s: float = Field(60.0, gt=0)
+    metrics_port: int = 9467
+    default: AlertRoute = Field(default_factory=AlertRoute)
+    # Per-(org, workload) overrides, keyed "org_id/workload".
+    routes: dict[str, AlertRoute] = Field(default_factory=dict)
+
+    def route_for(self, shard_key: str) -> AlertRoute:
+        return self.routes.get(shard_key, self.default)
 
 
 class AgentSettings(BaseModel):
@@ -202,6 +228,7 @@ class Settings(BaseSettings):
     clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
     sink: SinkSettings = Field(default_factory=SinkSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
 
     # Set by load_settings; not a field a user configures.
     _config_file: Path | None = None

@@ -55,9 +55,9 @@ class Engine:
         return out  # type: ignore[return-value]
 
     def _scored(self, event: RawEvent, verdict: Verdict, now: float) -> ScoredEvent:
-        limits = self.settings.thresholds_for(event.org_id, event.workload, verdict.thresholds)
+        warn, alert = self._limits(event.shard_key, verdict.thresholds)
         score = float(min(1.0, max(0.0, verdict.score)))
-        severity = "alert" if score >= limits.alert else "warn" if score >= limits.warn else "ok"
+        severity = "alert" if score >= alert else "warn" if score >= warn else "ok"
         fields = msgspec.structs.asdict(event)
         return ScoredEvent(
             **fields,
@@ -79,6 +79,13 @@ class Engine:
         if shard is None:
             shard = self.shards[event.shard_key] = self.algorithm.new_shard()
         shard.feedback(event, label)
+
+    def _limits(self, shard_key: str, learned: tuple[float, float] | None) -> tuple[float, float]:
+        """(warn, alert): explicit override for the shard, else learned, else global."""
+        override = self.settings.thresholds.get(shard_key)
+        if override is not None:
+            return override.warn, override.alert
+        return learned if learned is not None else (self.settings.warn, self.settings.alert)
 
     def take_changes(self) -> dict[str, Changes]:
         """Per-shard rows to persist since the last call (only shards with changes)."""

@@ -74,6 +74,8 @@ SCRIPT_WEIGHT = 0.9  # commands inside `sh -c` count slightly less than real exe
 SCORE_WINDOW = 4096
 THRESHOLD_EVERY = 256
 
+# Past this many episodes rarity(e) = 1/(1+e)^2 is below 1e-3: counted as no surprise.
+_WELL_KNOWN_EPISODES = 31
 _LABEL_MALICIOUS = "malicious"
 _LABEL_BENIGN = "benign"
 _BENIGN_EPISODES = 8
@@ -216,6 +218,8 @@ class EvidenceShard:
         self.thresholds = (warn, alert)
         self._dirty: set[str] = set()
         self._deleted: list[str] = []
+        # program -> key of its most frequent argument template (reasons only).
+        self._top_args: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self.stats)
@@ -245,10 +249,14 @@ class EvidenceShard:
         keep = 1.0
         parts: list[tuple[float, Observation, list | None]] = []
         cutoff = self.watermark - self.retention_s
+        stats = self.stats
         for o in obs:
-            stat = self.stats.get(o.key)
-            if stat is not None and stat[3] < cutoff:
-                stat = None
+            stat = stats.get(o.key)
+            if stat is not None:
+                if stat[3] < cutoff:
+                    stat = None
+                elif stat[0] > _WELL_KNOWN_EPISODES and stat[6] != _LABEL_MALICIOUS:
+                    continue  # the hot path: surprise would round to zero anyway
             s = self._surprise(o, stat, ts, host)
             if s > 0.0:
                 keep *= 1.0 - o.weight * s
@@ -265,9 +273,9 @@ class EvidenceShard:
             # Repeats inside the episode still open on this host are not evidence:
             # a burst of retries must not wash out its own alert.
             episodes = stat[0] - (host == stat[5] and ts - stat[4] < EPISODE_GAP_S and stat[6] != _LABEL_BENIGN)
-        rarity = 1.0 if episodes == 0 else 1.0 / ((1.0 + episodes) ** 2)
-        if rarity < 1e-3:
+        if episodes > _WELL_KNOWN_EPISODES:
             return 0.0
+        rarity = 1.0 if episodes == 0 else 1.0 / ((1.0 + episodes) ** 2)
         ctx = self.contexts.get(o.ctx_key)
         novelty_rate = 0.5 if ctx is None else (ctx[1] + 1.0) / (ctx[0] + 2.0)
         return rarity * (1.0 - novelty_rate)
@@ -289,14 +297,11 @@ class EvidenceShard:
         """The most frequent known argument template of the program in question."""
         for _, o, _ in parts:
             if o.kind in ("args", "arg"):
-                prefix = f"args{SEP}{o.ctx}{SEP}"
-                best = max(
-                    ((k, v) for k, v in self.stats.items() if k.startswith(prefix)),
-                    key=lambda kv: kv[1][1], default=None,
-                )
-                if best:
-                    return f"nearest known: {o.ctx} {best[0][len(prefix):]!r} (seen {best[1][1]}x)"
-                return None
+                best = self._top_args.get(o.ctx)
+                stat = self.stats.get(best) if best else None
+                if best is None or stat is None:
+                    return None
+                return f"nearest known: {o.ctx} {best.rsplit(SEP, 1)[1]!r} (seen {stat[1]}x)"
         return None
 
     # learning -----------------------------------------------------------------------
@@ -307,31 +312,46 @@ class EvidenceShard:
         self.history += counts
         ts, host = event.ts, event.host
         cutoff = self.watermark - self.retention_s
+        stats, contexts, dirty = self.stats, self.contexts, self._dirty
         for o in obs:
             key = o.key
-            stat = self.stats.get(key)
-            ctx = self.contexts.setdefault(o.ctx_key, [0, 0])
-            if stat is None or stat[3] < cutoff:
-                if stat is None:
-                    ctx[1] += 1
-                else:
-                    ctx[0] -= stat[0]
-                self.stats[key] = stat = [1 + bonus, 1, ts, ts, ts, host, label or (stat[6] if stat else "")]
-                ctx[0] += 1 + bonus
-            else:
+            stat = stats.get(key)
+            if stat is not None and stat[3] >= cutoff:
+                # The hot path: a known behaviour seen again.
                 stat[1] += 1
-                stat[3] = max(stat[3], ts)
-                if host != stat[5] or ts - stat[4] >= EPISODE_GAP_S:
-                    stat[0] += 1
-                    stat[4] = ts
-                    stat[5] = host
-                    ctx[0] += 1
-                if bonus:
+                if ts > stat[3]:
+                    stat[3] = ts
+                new_episode = host != stat[5] or ts - stat[4] >= EPISODE_GAP_S
+                if new_episode or bonus:
+                    ctx = contexts[o.ctx_key]
+                    if new_episode:
+                        stat[0] += 1
+                        stat[4] = ts
+                        stat[5] = host
+                        ctx[0] += 1
                     stat[0] += bonus
                     ctx[0] += bonus
                 if label:
                     stat[6] = label
-            self._dirty.add(key)
+            else:
+                ctx = contexts.get(o.ctx_key)
+                if ctx is None:
+                    ctx = contexts[o.ctx_key] = [0, 0]
+                if stat is None:
+                    ctx[1] += 1
+                else:  # expired but not yet dropped: starts over, as if it had been
+                    ctx[0] -= stat[0]
+                stats[key] = stat = [1 + bonus, 1, ts, ts, ts, host, label or (stat[6] if stat else "")]
+                ctx[0] += 1 + bonus
+            dirty.add(key)
+            if o.kind == "args":
+                self._note_top_args(o.ctx, key, stat[1])
+
+    def _note_top_args(self, program: str, key: str, count: int) -> None:
+        """Keep the most frequent argument template of each program (for reasons)."""
+        best = self._top_args.get(program)
+        if best is None or best == key or count > self.stats.get(best, (0, 0))[1]:
+            self._top_args[program] = key
 
     def _record_score(self, score: float) -> None:
         self.scores[self.history % SCORE_WINDOW] = int(round(score * 1000))
@@ -428,6 +448,8 @@ class EvidenceShard:
                 float(cols["last_ts"][i]), float(cols["ep_start"][i]), cols["ep_host"][i], cols["label"][i],
             ]
             shard.stats[key] = stat
+            if cols["kind"][i] == "args":
+                shard._note_top_args(cols["ctx"][i], key, stat[1])
             ctx = shard.contexts.setdefault(key.rsplit(SEP, 1)[0], [0, 0])
             ctx[0] += stat[0]
             ctx[1] += 1
