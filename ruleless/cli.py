@@ -149,6 +149,22 @@ def score(
 
 
 @app.command()
+def alerts(
+    webhook: Annotated[Optional[str], typer.Option("--webhook", envvar="RULELESS_ALERTS__WEBHOOK", help="POST notifications here (default: JSON lines on stdout).")] = None,
+    config: ConfigOpt = None,
+    kafka: KafkaOpt = None,
+    log_format: LogFormatOpt = None,
+) -> None:
+    """Tail the alerts topic; forward grouped, throttled notifications to a webhook or stdout."""
+    from sinks.alerts import run
+
+    try:
+        run(_settings(config, log_format, kafka={"bootstrap": kafka}), webhook=webhook)
+    except RulelessError as exc:
+        _fail(exc)
+
+
+@app.command()
 def replay(
     since: Annotated[Optional[str], typer.Option("--since", help="Replay messages from this time (epoch seconds or ISO 8601, UTC by default).")] = None,
     from_offset: Annotated[Optional[int], typer.Option("--from-offset", help="Replay every partition from this offset.")] = None,

@@ -67,3 +67,7 @@ class QueryError(RulelessError):
 
 class ReplayError(RulelessError):
     """A replay cannot run as asked (workers still consuming, empty or bad range)."""
+
+
+class DeliveryRejected(SinkWriteError):
+    """The target refused a write for good (e.g. HTTP 400): retrying cannot help."""

@@ -99,8 +99,41 @@ class Feedback(msgspec.Struct, frozen=True, kw_only=True):
     note: str = ""
 
 
+class AlertNotification(msgspec.Struct, frozen=True, kw_only=True):
+    """What `ruleless alerts` posts to a webhook: alerts of one behaviour, grouped.
+
+    A *behaviour* is (org_id, workload, process_name, normalised command line). ``kind``:
+    ``new`` — its first alerts in a window (a burst on many hosts is one notification);
+    ``repeat`` — more alerts of an already posted behaviour, at the end of its window;
+    ``digest`` — alerts of behaviours over the (org, workload)'s notification budget.
+    ``id`` is stable for the same first alert, so a receiver can drop a notification
+    repeated after a forwarder crash.
+    """
+
+    id: str
+    kind: Literal["new", "repeat", "digest"]
+    org_id: str
+    workload: str
+    process_name: str
+    behaviour: str
+    severity: Severity
+    max_score: float
+    count: int
+    host_count: int
+    hosts: list[str]
+    first_ts: float
+    last_ts: float
+    # The alerts' event_ids, the first 100 of them (count is always exact).
+    event_ids: list[str]
+    # The first alert of the group, whole (reasons, cmdline, user, parent...).
+    sample: ScoredEvent
+    # Distinct behaviours folded into a digest (1 otherwise).
+    behaviours: int = 1
+
+
 _raw_decoder = msgspec.json.Decoder(RawEvent)
 _feedback_decoder = msgspec.json.Decoder(Feedback)
+_notification_decoder = msgspec.json.Decoder(AlertNotification)
 _scored_decoder = msgspec.json.Decoder(ScoredEvent)
 _encoder = msgspec.json.Encoder()
 _det_encoder = msgspec.json.Encoder(order="deterministic")
@@ -137,13 +170,18 @@ def decode_feedback(payload: bytes | str) -> Feedback:
     return _decode_with(_feedback_decoder, payload)
 
 
+def decode_notification(payload: bytes | str) -> AlertNotification:
+    """Validate one webhook notification (what a receiver of `ruleless alerts` gets)."""
+    return _decode_with(_notification_decoder, payload)
+
+
 def derive_event_id(event: RawEvent) -> str:
     """A content hash, so a re-sent event (agent retry, replayed file) keeps its id."""
     body = _det_encoder.encode(msgspec.structs.replace(event, event_id=None))
     return hashlib.blake2b(body, digest_size=16).hexdigest()
 
 
-def encode(event: RawEvent | DeadLetter | Feedback) -> bytes:
+def encode(event: RawEvent | DeadLetter | Feedback | AlertNotification) -> bytes:
     return _encoder.encode(event)
 
 
@@ -154,4 +192,5 @@ def json_schemas() -> dict[str, dict]:  # type: ignore[type-arg]
         "scored_event.schema.json": msgspec.json.schema(ScoredEvent),
         "dead_letter.schema.json": msgspec.json.schema(DeadLetter),
         "feedback.schema.json": msgspec.json.schema(Feedback),
+        "alert_notification.schema.json": msgspec.json.schema(AlertNotification),
     }
