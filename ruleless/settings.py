@@ -83,7 +83,7 @@ DEFAULT_RETENTION_DAYS = {"seed": 7.0, "evidence": 45.0}
 
 
 class EngineSettings(BaseModel):
-    algorithm: str = "seed"
+    algorithm: str = "evidence"
     # None = the algorithm's own default (seed: 7 days as in the article; evidence: 45,
     # so monthly jobs are remembered).
     retention_days: float | None = Field(None, gt=0)

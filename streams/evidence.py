@@ -11,6 +11,7 @@ user        user / uid              the program
 lineage     ancestors (up to 3)     the program
 args        the program             the normalised argument template
 arg         the program             each normalised argument token
+path        the program             each directory its arguments name
 net         the program             peer class and port of a connection
 ==========  ======================  =========================================
 
@@ -64,8 +65,9 @@ WEIGHTS = {
     "parent": 0.9,
     "user": 0.7,
     "lineage": 0.5,
-    "args": 0.45,
-    "arg": 0.6,
+    "args": 0.4,
+    "arg": 0.5,
+    "path": 0.5,
     "net": 0.9,
 }
 MAX_ARGS = 24
@@ -102,15 +104,17 @@ def _schema() -> pa.Schema:
 class Observation:
     """One value seen in one context; ``key`` and ``ctx_key`` are built once."""
 
-    __slots__ = ("kind", "ctx", "value", "weight", "key", "ctx_key")
+    __slots__ = ("kind", "ctx", "value", "weight", "key", "ctx_key", "rate_key")
 
-    def __init__(self, kind: str, ctx: str, value: str, weight: float):
+    def __init__(self, kind: str, ctx: str, value: str, weight: float, rate_kind: str | None = None):
         self.kind = kind
         self.ctx = ctx
         self.value = value
         self.weight = weight
         self.ctx_key = f"{kind}{SEP}{ctx}"
         self.key = f"{self.ctx_key}{SEP}{value}"
+        # Whose novelty rate says how surprising a new value is (default: its own context).
+        self.rate_key = f"{rate_kind}{SEP}{ctx}" if rate_kind else self.ctx_key
 
     def __repr__(self) -> str:
         return f"Observation({self.kind!r}, {self.ctx!r}, {self.value!r}, {self.weight})"
@@ -191,11 +195,27 @@ def _observations_cached(
 
 
 def _arg_observations(program: str, args: Sequence[str], scale: float) -> Iterator[Observation]:
+    """The argument list as a whole, each argument, and the directories it names.
+
+    A new argument is judged by how often the program's whole argument list is new (a
+    compiler sees new file names every build; a web server never does); a directory the
+    program never touched is judged on its own, since directories are stable.
+    """
     tokens = [normalize_token(a) for a in args[:MAX_ARGS]]
     yield Observation("args", program, " ".join(tokens), WEIGHTS["args"] * scale)
     for token in dict.fromkeys(tokens):
         if token:
-            yield Observation("arg", program, token, WEIGHTS["arg"] * scale)
+            yield Observation("arg", program, token, WEIGHTS["arg"] * scale, rate_kind="args")
+    for directory in dict.fromkeys(d for d in map(_directory, tokens) if d):
+        yield Observation("path", program, directory, WEIGHTS["path"] * scale)
+
+
+def _directory(token: str) -> str:
+    """The directory part of a path-like argument (``--out=/tmp/x`` → ``/tmp/``)."""
+    value = token.rsplit("=", 1)[-1]
+    if "/" not in value or "://" in value:
+        return ""
+    return value.rsplit("/", 1)[0] + "/"
 
 
 # -- the shard ---------------------------------------------------------------------------
@@ -276,7 +296,7 @@ class EvidenceShard:
         if episodes > _WELL_KNOWN_EPISODES:
             return 0.0
         rarity = 1.0 if episodes == 0 else 1.0 / ((1.0 + episodes) ** 2)
-        ctx = self.contexts.get(o.ctx_key)
+        ctx = self.contexts.get(o.rate_key)
         novelty_rate = 0.5 if ctx is None else (ctx[1] + 1.0) / (ctx[0] + 2.0)
         return rarity * (1.0 - novelty_rate)
 

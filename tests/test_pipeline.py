@@ -58,7 +58,7 @@ def test_every_event_lands_once_in_clickhouse_with_the_offline_score(topics: Set
     offline = ScoringService(topics.model_copy(update={"lancedb": topics.lancedb.model_copy(update={"uri": str(tmp_path / "offline")})}))
     expected = {s.event_id: s.score for s in offline.score(events)}
     assert stored == expected
-    assert {r["model"] for r in rows} == {"seed/1"}
+    assert {r["model"] for r in rows} == {"evidence/1"}  # the default algorithm
 
 
 def test_ruleless_up_scores_this_hosts_own_processes(tmp_path: Path) -> None:

@@ -91,9 +91,10 @@ def test_replay_of_selected_shards_from_a_time_leaves_the_others(topics: Setting
     keys = sorted({e.shard_key for e in events})
     chosen, untouched = set(keys[:2]), keys[2]
     store = ShardStore(topics.lancedb.uri)
+    algorithm = topics.engine.algorithm
     before = offline(topics, [e for e in events if e.shard_key == untouched], tmp_path / "x")
-    store.replace("seed", untouched, before.store.load("seed", untouched))  # type: ignore[arg-type]
-    version = store.version("seed", untouched)
+    store.replace(algorithm, untouched, before.store.load(algorithm, untouched))  # type: ignore[arg-type]
+    version = store.version(algorithm, untouched)
 
     summary = replay(topics, since=cut, shards=chosen)
 
@@ -103,8 +104,8 @@ def test_replay_of_selected_shards_from_a_time_leaves_the_others(topics: Setting
     assert summary.learned == sum(e.shard_key in chosen for e in new)
     expected = offline(topics, [e for e in new if e.shard_key in chosen], tmp_path / "offline")
     for key in chosen:
-        assert learned(store, "seed", key) == learned(expected.store, "seed", key)
-    assert store.version("seed", untouched) == version
+        assert learned(store, algorithm, key) == learned(expected.store, algorithm, key)
+    assert store.version(algorithm, untouched) == version
 
 
 def test_workers_resume_on_the_rebuilt_baseline_where_their_group_stopped(topics: Settings, tmp_path: Path) -> None:

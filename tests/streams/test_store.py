@@ -11,7 +11,8 @@ from tests.factories import fleet_stream
 
 
 def service(path: Path, **engine: object) -> ScoringService:
-    return ScoringService(load_settings(lancedb={"uri": str(path)}, engine=engine or None))
+    """The seed algorithm unless told otherwise: its rows map one-to-one to behaviours."""
+    return ScoringService(load_settings(lancedb={"uri": str(path)}, engine={"algorithm": "seed", **engine}))
 
 
 def test_reloaded_shards_score_like_the_ones_that_wrote_them(tmp_path: Path) -> None:
