@@ -24,3 +24,6 @@ bench: install
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
+
+eval: install
+	$(BIN)/python -m tests.eval.evaluate
