@@ -10,13 +10,32 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 import msgspec
+from threadpoolctl import threadpool_limits
 
 from ruleless.settings import EngineSettings
 from schemas.events import RawEvent, ScoredEvent
 from streams.algorithm import Algorithm, Changes, ShardModel, Verdict, make_algorithm
 
+_blas_limited = False
+
+
+def single_threaded_blas() -> None:
+    """Run BLAS on one thread in this process (once; idempotent).
+
+    The engine's matrix products are small (a batch's new behaviours × 128 × a shard's
+    rows). OpenBLAS's thread pool makes them ~7x slower here — 0.40 vs 0.06 ms per
+    product, the seed engine at 18k vs 33k events/s on 2 cores (issue 5, make bench) —
+    and its spinning threads take the core the worker's event loop and the sink need.
+    """
+    global _blas_limited
+    if not _blas_limited:
+        threadpool_limits(limits=1, user_api="blas")
+        _blas_limited = True
+
+
 class Engine:
     def __init__(self, settings: EngineSettings, algorithm: Algorithm | None = None):
+        single_threaded_blas()
         self.settings = settings
         self.algorithm = algorithm or make_algorithm(settings)
         self.shards: dict[str, ShardModel] = {}

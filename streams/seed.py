@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from functools import lru_cache
 from collections.abc import Sequence
 
 import numpy as np
@@ -44,6 +45,25 @@ def _schema(dims: int) -> pa.Schema:
 
 def _key(vec: np.ndarray) -> str:
     return hashlib.blake2b(vec.tobytes(), digest_size=12).hexdigest()
+
+
+@lru_cache(maxsize=1 << 15)
+def _features(
+    process_name: str, parent: str, event_type: str, local_port: int | None, remote_port: int | None,
+    cmdline: str, dims: int,
+) -> tuple[list[str], np.ndarray, str, float]:
+    """Tokens, vector, key and squared norm of the fields the seed reads (and only those).
+
+    Cached: most events repeat a known behaviour, and hashing their tokens again was a
+    third of the engine's time (issue 5, make bench). Results are shared: never mutate.
+    """
+    probe = RawEvent(ts=0.0, org_id="x", workload="x", process_name=process_name, parent_process=parent,
+                     event_type=event_type, local_port=local_port, remote_port=remote_port, cmdline=cmdline)
+    tokens = seed_tokens(probe)
+    vec = seed_vector(tokens, dims)
+    vec.setflags(write=False)
+    sq = float(np.dot(vec.astype(np.float64), vec.astype(np.float64)))
+    return tokens, vec, _key(vec), sq
 
 
 def _cosine(dots: np.ndarray, sq_a: float, sq_b: np.ndarray) -> np.ndarray:
@@ -95,10 +115,10 @@ class SeedShard:
         return [self._score_one(e, f, rows.get(j), n0) for j, (e, f) in enumerate(zip(events, feats))]
 
     def _featurize(self, event: RawEvent) -> tuple[list[str], np.ndarray, str, float]:
-        tokens = seed_tokens(event)
-        vec = seed_vector(tokens, self.dims)
-        sq = float(np.dot(vec.astype(np.float64), vec.astype(np.float64)))
-        return tokens, vec, _key(vec), sq
+        return _features(
+            event.process_name, event.parent_process, event.event_type,
+            event.local_port, event.remote_port, event.cmdline, self.dims,
+        )
 
     def _score_one(
         self,

@@ -67,3 +67,14 @@ def topics(settings: Settings) -> Settings:
     """Same as ``settings`` with the four pipeline topics created on the broker."""
     ensure_topics(settings.kafka, settings.topics)
     return settings
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """`make bench`: the table of the figures measured in this session (tests/bench.py)."""
+    from tests.bench import table_lines
+
+    lines = table_lines()
+    if lines:
+        terminalreporter.section("benchmark figures")
+        for line in lines:
+            terminalreporter.write_line(line)
