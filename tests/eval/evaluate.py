@@ -190,12 +190,26 @@ def parents_by_context(wl: Workload) -> dict[tuple, list[Parent]]:
     return dict(sorted(groups.items(), key=lambda kv: repr(kv[0])))
 
 
+def context_weights(wl: Workload, contexts: dict[tuple, list[Parent]]) -> list[int]:
+    """How many different programs each context was seen starting (all days).
+
+    Launchers (shells, make, cron, run-parts, the CGI runner) start many programs and
+    are where an intruder's command most plausibly appears; helpers that only ever start
+    one program (collect2 -> ld, tar -> gzip) keep a small chance.
+    """
+    programs: dict[tuple, set[str]] = defaultdict(set)
+    for ev in wl.events:
+        programs[(ev.get("parent_process", ""), tuple(ev.get("ancestors") or []), ev.get("user"))].add(ev.get("process_name", ""))
+    return [max(1, len(programs[key])) for key in contexts]
+
+
 def inject(lines: Sequence[dict], wl: Workload, contexts: dict[tuple, list[Parent]], rng: random.Random, kind: str) -> list[dict]:
     """Raw events for ``lines``, each run by one of the workload's real parent processes.
 
-    For each line: a context is drawn uniformly among the workload's distinct contexts
-    (so rare parents count as much as the busy ones), then a moment uniformly within one
-    of the test days. If a parent of that context was active then (it started children
+    For each line: a context is drawn among the workload's distinct contexts with weight
+    = the number of different programs it was seen starting (:func:`context_weights`;
+    not its number of events, so a rare launcher counts as much as a busy one), then a
+    moment uniformly within one of the test days. If a parent of that context was active then (it started children
     before and after), that parent runs the line at that moment; otherwise the parent of
     that context active closest to the moment runs it just after one of its real children
     (within 2 s), when it was certainly alive. host, ppid, parent_process, ancestors, uid
@@ -203,10 +217,11 @@ def inject(lines: Sequence[dict], wl: Workload, contexts: dict[tuple, list[Paren
     process_name and exe come from the line.
     """
     keys = list(contexts)
+    weights = context_weights(wl, contexts)
     test_days = list(range(wl.warmup_days, wl.days))
     out = []
     for i, line in enumerate(lines):
-        ctx = contexts[keys[rng.randrange(len(keys))]]
+        ctx = contexts[rng.choices(keys, weights)[0]]
         day = rng.choice(test_days)
         moment = wl.t0 + day * DAY_S + rng.uniform(0, DAY_S)
         alive = [p for p in ctx if p.first <= moment <= p.last]
