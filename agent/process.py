@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,9 @@ from agent.procfs import (
 )
 
 DEFAULT_MAX_CMDLINE_BYTES = 32 * 1024
+# How long a parent's ancestor chain is reused (a parent renaming itself, e.g. by exec,
+# shows up in its children's ancestors after at most this long).
+ANCESTORS_TTL_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,15 +198,30 @@ class Lineage:
     Not thread-safe (its user-name cache is unsynchronised): one reader thread uses it.
     """
 
-    def __init__(self, proc_root: str | Path = "/proc") -> None:
+    def __init__(self, proc_root: str | Path = "/proc", ttl_s: float = ANCESTORS_TTL_S) -> None:
         self._root = str(proc_root)
         self._users: dict[int, str | None] = {}
+        self._ttl = ttl_s
+        self._recent: dict[int, tuple[float, list[str]]] = {}
 
     def ancestors(self, ppid: int, limit: int = MAX_ANCESTORS) -> list[str]:
         """Comms of up to ``limit`` ancestors, nearest first, starting at ``ppid``.
 
-        Stops above init (pid 0), at an ancestor that has exited, or on a cycle.
+        Stops above init (pid 0), at an ancestor that has exited, or on a cycle. A chain
+        read less than ``ttl_s`` ago is reused: a shell loop's children share it, and
+        reading four stat files per exec was a third of the agent's cost per event.
         """
+        now = time.monotonic()
+        hit = self._recent.get(ppid)
+        if hit is not None and now - hit[0] < self._ttl:
+            return list(hit[1][:limit])
+        names = self._read_ancestors(ppid, limit)
+        if len(self._recent) > 4096:
+            self._recent = {pid: entry for pid, entry in self._recent.items() if now - entry[0] < self._ttl}
+        self._recent[ppid] = (now, names)
+        return list(names)
+
+    def _read_ancestors(self, ppid: int, limit: int) -> list[str]:
         names: list[str] = []
         seen: set[int] = set()
         pid = ppid

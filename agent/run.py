@@ -54,9 +54,9 @@ def run(
     _check_backend_name(requested)
     with ExitStack() as stack:
         stop = stack.enter_context(_stop_event(stop))
-        sink = stack.enter_context(_open_output(settings, output))
         capture = start_backend(agent, requested)
         stack.callback(capture.stop)
+        sink = stack.enter_context(_open_output(settings, output))
         metrics = AgentMetrics(capture.name)
         if agent.metrics_port:
             stack.enter_context(metrics.serve(agent.metrics_port))
@@ -126,11 +126,9 @@ def _make_backend(name: str, agent: AgentSettings) -> CaptureBackend:
         from agent.connections import WithConnections
 
         return WithConnections(inner, agent, source="procfs" if name == "proc" else "netlink")
-    try:
-        from agent.ebpf import EbpfBackend  # type: ignore[import-not-found,unused-ignore]
-    except ImportError as exc:
-        raise CaptureError(f"eBPF backend not loadable: {exc}") from None
-    return EbpfBackend(agent)  # type: ignore[no-any-return,unused-ignore]
+    from agent.ebpf import EbpfBackend  # BCC itself is imported by start()
+
+    return EbpfBackend(agent)
 
 
 class AgentMetrics:

@@ -13,6 +13,12 @@
 #ifndef OUTPUT_PAGES
 #define OUTPUT_PAGES 1024
 #endif
+/* Ring buffer output flags: BPF_RB_NO_WAKEUP (1) when user space consumes on a timer
+ * instead of being woken for every record (one wake-up per exec costs the exec'ing
+ * side a context switch). */
+#ifndef OUTPUT_FLAGS
+#define OUTPUT_FLAGS 0
+#endif
 
 #ifdef USE_RINGBUF
 BPF_RINGBUF_OUTPUT(events, OUTPUT_PAGES);

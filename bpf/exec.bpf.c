@@ -83,7 +83,7 @@ done:
     r->args_size = off;
     u64 size = (sizeof(*r) - sizeof(r->args)) + off;
 #ifdef USE_RINGBUF
-    if (events.ringbuf_output(r, size, 0))
+    if (events.ringbuf_output(r, size, OUTPUT_FLAGS))
 #else
     if (events.perf_submit(ctx, r, size))
 #endif
@@ -138,7 +138,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
         r->flags |= FLAG_NO_FORK_INFO;
     }
 #ifdef USE_RINGBUF
-    if (events.ringbuf_output(r, sizeof(*r), 0))
+    if (events.ringbuf_output(r, sizeof(*r), OUTPUT_FLAGS))
 #else
     if (events.perf_submit(args, r, sizeof(*r)))
 #endif

@@ -83,7 +83,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         bpf_probe_read_kernel(r.daddr, 16, args->daddr_v6);
     }
 #ifdef USE_RINGBUF
-    if (events.ringbuf_output(&r, sizeof(r), 0))
+    if (events.ringbuf_output(&r, sizeof(r), OUTPUT_FLAGS))
 #else
     if (events.perf_submit(args, &r, sizeof(r)))
 #endif
