@@ -1,0 +1,271 @@
+"""Pipeline benchmark (`make bench`): broker → worker → scored topic → sink → ClickHouse.
+
+Everything runs on this machine at once (tansu broker, worker(s), sink with embedded
+chdb, the load generator), as `ruleless up` would. Figures:
+
+* sustained throughput: the raw topic is loaded first, then the worker and the sink
+  drain it; the rate is the slope of visible ClickHouse rows between 10 % and 90 % of
+  the load (start-up and the last batch excluded), checked exactly-once at the end;
+* the same with 2 workers in one group;
+* a plain consume-and-produce passthrough (confluent-kafka, same broker, same messages)
+  for comparison;
+* the worker's own work on a plain confluent-kafka loop instead of Faust (a prototype,
+  not the shipped worker), to show what Faust's per-message machinery costs;
+* latency at a fixed offered load (5,000 events/s for 30 s, and 2,000/s below the
+  worker's capacity): each event's ``ts`` is its produce time, the row's ``inserted_at``
+  when it became visible; p50/p99 of the difference, over the first copy of each event.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from confluent_kafka import KafkaError
+
+from ruleless.kafka import consumer, ensure_topics, producer
+from ruleless.settings import Settings
+from schemas.events import RawEvent, decode, encode
+from sinks.query import query_http
+from streams.scoring import ScoringService
+from streams.store import Position
+from tests.bench import fleet, record
+from tests.processes import ruleless_process
+
+pytestmark = pytest.mark.bench
+
+LOAD = 200_000
+RATE, SECONDS = 5_000, 30
+
+
+@pytest.fixture(scope="module")
+def stream() -> list[RawEvent]:
+    # 100 shards, mostly repeats, thousands of behaviours per shard (tests/bench.py).
+    return fleet(100, LOAD // 100, 10_000, seed=9, zipf=1.0)
+
+
+def produce_all(settings: Settings, topic: str, events: list[RawEvent]) -> None:
+    prod = producer(settings.kafka, **{"linger.ms": 50, "batch.num.messages": 10_000, "queue.buffering.max.messages": 1_000_000})
+    for e in events:
+        while True:
+            try:
+                prod.produce(topic, key=e.shard_key.encode(), value=encode(e))
+                break
+            except BufferError:
+                prod.poll(0.05)
+    assert prod.flush(120) == 0
+
+
+def url_of(settings: Settings) -> str:
+    return f"http://{settings.sink.query_host}:{settings.sink.query_port}"
+
+
+def rows(settings: Settings, final: bool = False) -> int:
+    table = f"{settings.clickhouse.database}.{settings.clickhouse.table}"
+    return int(query_http(url_of(settings), f"SELECT count() AS n FROM {table}{' FINAL' if final else ''}")[0]["n"])
+
+
+def wait_rows(settings: Settings, target: int, timeout: float, on_sample: Callable[[float, int], None] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            n = rows(settings)
+        except Exception:  # sink not serving yet  # noqa: BLE001
+            n = 0
+        if on_sample is not None:
+            on_sample(time.monotonic(), n)
+        if n >= target:
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"{target} rows not visible after {timeout:.0f}s (last {n})")
+
+
+def slope(samples: list[tuple[float, int]], total: int) -> float:
+    """Rows/s between the first sample at ≥10 % and the first at ≥90 % of ``total``."""
+    lo = next((t, n) for t, n in samples if n >= total * 0.1)
+    hi = next((t, n) for t, n in samples if n >= total * 0.9)
+    return (hi[1] - lo[1]) / max(1e-9, hi[0] - lo[0])
+
+
+def worker_settings(settings: Settings, name: str) -> Settings:
+    worker = settings.worker.model_copy(update={"data_dir": str(Path(settings.data_dir) / f"faust-{name}")})
+    return settings.model_copy(update={"worker": worker})
+
+
+def sustained(settings: Settings, events: list[RawEvent], workers: int, logs: Path) -> float:
+    """Rows/s the pipeline sustains draining a loaded raw topic with ``workers`` workers."""
+    produce_all(settings, settings.topics.raw, events)
+    samples: list[tuple[float, int]] = []
+    with ruleless_process(settings, "sink", log=logs / "sink.log"):
+        wait_rows(settings, 0, 60)  # the sink serves queries: it is up
+        procs = [ruleless_process(worker_settings(settings, f"w{i}"), "worker", log=logs / f"worker-{i}.log") for i in range(workers)]
+        for p in procs:
+            p.__enter__()
+        try:
+            wait_rows(settings, len(events), 600, lambda t, n: samples.append((t, n)))
+            assert rows(settings, final=True) == len(events)
+        finally:
+            for p in reversed(procs):
+                p.__exit__(None, None, None)
+    return slope(samples, len(events))
+
+
+def fresh(settings: Settings, tag: str) -> Settings:
+    """Same broker, own topics, group ids and stores."""
+    t = settings.topics
+    topics = t.model_copy(update={name: f"{getattr(t, name)}-{tag}" for name in ("raw", "scored", "alerts", "dead_letter", "feedback")})
+    base = Path(settings.data_dir) / tag
+    return settings.model_copy(update={
+        "data_dir": str(base),
+        "topics": topics,
+        "lancedb": settings.lancedb.model_copy(update={"uri": str(base / "lancedb")}),
+        "clickhouse": settings.clickhouse.model_copy(update={"path": str(base / "clickhouse")}),
+        "worker": settings.worker.model_copy(update={"group_id": f"{settings.worker.group_id}-{tag}", "app_id": f"{settings.worker.app_id}-{tag}"}),
+        "sink": settings.sink.model_copy(update={"group_id": f"{settings.sink.group_id}-{tag}"}),
+    })
+
+
+def test_pipeline_sustained_throughput_benchmark(settings: Settings, stream: list[RawEvent], tmp_path: Path) -> None:
+    one = fresh(settings, "one")
+    ensure_topics(one.kafka, one.topics)
+    rate1 = sustained(one, stream, 1, tmp_path)
+    record("pipeline", "sustained events/s, 1 worker", rate1, "events/s", ">= 20,000",
+           f"{len(stream):,} events, 100 shards, {one.engine.algorithm}; raw topic loaded first; exactly-once checked")
+    two = fresh(settings, "two")
+    ensure_topics(two.kafka, two.topics)
+    rate2 = sustained(two, stream, 2, tmp_path)
+    record("scale", "sustained events/s, 2 workers", rate2, "events/s", "", "same load, 2 workers in one group")
+    record("scale", "2 workers / 1 worker", rate2 / rate1, "x", "", "2 cores shared by broker, workers, sink")
+
+    passthrough = fresh(settings, "pass")
+    ensure_topics(passthrough.kafka, passthrough.topics)
+    produce_all(passthrough, passthrough.topics.raw, stream)
+    rate_pass = copy_topic(passthrough, len(stream))
+    record("pipeline", "passthrough events/s (consume+produce)", rate_pass, "events/s", "", "confluent-kafka, same broker and messages")
+    record("pipeline", "pipeline / passthrough", rate1 / rate_pass, "ratio", ">= 0.5")
+
+    bare = fresh(settings, "bare")
+    ensure_topics(bare.kafka, bare.topics)
+    produce_all(bare, bare.topics.raw, stream)
+    record("pipeline", "worker loop without Faust (prototype, no sink)", loop_without_faust(bare, len(stream)), "events/s", "",
+           "confluent-kafka consume -> decode -> score -> produce -> delivery, LanceDB flush every 2 s, one thread; "
+           "not the shipped worker: what replacing Faust's consumption would give")
+
+
+def loop_without_faust(settings: Settings, count: int) -> float:
+    """The worker's work — decode, score and learn, publish outputs and wait for their
+    delivery, flush shards, commit — on a plain confluent-kafka consumer, one thread.
+    Measures what Faust's per-message machinery costs the shipped worker."""
+    svc = ScoringService(settings)
+    cons = consumer(settings.kafka, f"bare-{time.time_ns()}")
+    prod = producer(settings.kafka, **{"linger.ms": 5})
+    cons.subscribe([settings.topics.raw])
+    done, started, last_flush = 0, 0.0, time.monotonic()
+    while done < count:
+        msgs = [m for m in cons.consume(2000, timeout=0.5) if m.error() is None]
+        if not msgs:
+            continue
+        started = started or time.perf_counter()
+        events = [decode(m.value()) for m in msgs]
+        positions = [Position(f"{m.topic()}/{m.partition()}", m.offset()) for m in msgs]
+        scored, skipped = svc.score_new(events, positions)
+        assert skipped == 0 and len(scored) == len(msgs)
+        for out in scored:
+            key, value = out.shard_key.encode(), encode(out)
+            prod.produce(settings.topics.scored, value, key)
+            if out.severity != "ok":
+                prod.produce(settings.topics.alerts, value, key)
+        assert prod.flush(60) == 0
+        done += len(msgs)
+        if time.monotonic() - last_flush >= settings.lancedb.flush_interval_s:
+            svc.flush()
+            cons.commit(asynchronous=False)
+            last_flush = time.monotonic()
+    svc.flush()
+    elapsed = time.perf_counter() - started
+    cons.close()
+    return count / elapsed
+
+
+def copy_topic(settings: Settings, count: int) -> float:
+    """Consume the raw topic and produce every message unchanged to the scored topic,
+    committing as the worker would; returns messages/s once all are acknowledged."""
+    cons = consumer(settings.kafka, f"pass-{time.time_ns()}", **{"fetch.max.bytes": 52_428_800})
+    prod = producer(settings.kafka, **{"queue.buffering.max.messages": 1_000_000})
+    cons.subscribe([settings.topics.raw])
+    done = 0
+    started = None
+    while done < count:
+        for msg in cons.consume(2000, timeout=1.0):
+            if msg.error() is not None:
+                assert msg.error().code() == KafkaError._PARTITION_EOF
+                continue
+            started = started or time.perf_counter()
+            while True:
+                try:
+                    prod.produce(settings.topics.scored, key=msg.key(), value=msg.value())
+                    break
+                except BufferError:
+                    prod.poll(0.05)
+            done += 1
+        prod.poll(0)
+        cons.commit(asynchronous=True)
+    assert prod.flush(120) == 0
+    elapsed = time.perf_counter() - (started or time.perf_counter())
+    cons.close()
+    return count / elapsed
+
+
+@pytest.mark.parametrize("rate", [RATE, 2_000])
+def test_produce_to_clickhouse_latency_benchmark(settings: Settings, stream: list[RawEvent], tmp_path: Path, rate: int) -> None:
+    lat = fresh(settings, f"lat{rate}")
+    ensure_topics(lat.kafka, lat.topics)
+    total = rate * SECONDS
+    events = stream[:total]
+    with ruleless_process(lat, "sink", log=tmp_path / "sink.log"), ruleless_process(lat, "worker", log=tmp_path / "worker.log"):
+        wait_rows(lat, 0, 60)
+        # Warm up: the worker joins its group and loads nothing yet (fresh shards).
+        produce_paced(lat, stream[total : total + 2000], 1000.0, prefix="warm")
+        wait_rows(lat, 2000, 120)
+        offered = produce_paced(lat, events, float(rate), prefix="lat")
+        wait_rows(lat, total + 2000, 300)
+        table = f"{lat.clickhouse.database}.{lat.clickhouse.table}"
+        # First copy of each event: lat = produce -> visible; scoring = produce -> scored
+        # (broker + worker), sink = scored -> visible (scored topic + sink batch + insert).
+        q = query_http(url_of(lat), (
+            "SELECT quantiles(0.5, 0.99)(lat) AS q, max(lat) AS worst, count() AS n, "
+            "quantiles(0.5, 0.99)(scoring) AS qs, quantiles(0.5, 0.99)(lat - scoring) AS qk FROM ("
+            f"SELECT event_id, min(toUnixTimestamp64Micro(inserted_at)) / 1e6 - any(ts) AS lat, "
+            f"min(toUnixTimestamp64Micro(scored_at)) / 1e6 - any(ts) AS scoring FROM {table} "
+            f"WHERE event_id LIKE 'lat-%' GROUP BY event_id)"
+        ))[0]
+    assert int(q["n"]) == total
+    p50, p99 = q["q"]
+    at = f"at {rate:,}/s"
+    record("latency", f"offered load {at}", offered, "events/s", f"{rate:,}", f"{SECONDS}s paced, 1 worker, 1 sink, {lat.engine.algorithm}")
+    record("latency", f"produce -> row visible p50 {at}", p50, "s")
+    record("latency", f"produce -> row visible p99 {at}", p99, "s", "<= 2" if rate == RATE else "")
+    record("latency", f"produce -> row visible max {at}", float(q["worst"]), "s")
+    record("latency", f"produce -> scored (worker) p50/p99 {at}", q["qs"][0], "s", "", f"p99 {q['qs'][1]:.2f} s")
+    record("latency", f"scored -> visible (sink) p50/p99 {at}", q["qk"][0], "s", "", f"p99 {q['qk'][1]:.2f} s")
+
+
+def produce_paced(settings: Settings, events: list[RawEvent], rate: float, prefix: str) -> float:
+    """Produce at ``rate``/s, each event stamped with its produce time (ts) and an
+    event_id starting with ``prefix``; returns the rate achieved."""
+    import msgspec
+
+    prod = producer(settings.kafka)
+    started = time.monotonic()
+    for i, e in enumerate(events):
+        e = msgspec.structs.replace(e, ts=time.time(), event_id=f"{prefix}-{e.event_id}")
+        prod.produce(settings.topics.raw, key=e.shard_key.encode(), value=encode(e))
+        if i % 100 == 99:
+            prod.poll(0)
+            ahead = started + (i + 1) / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+    assert prod.flush(60) == 0
+    return len(events) / (time.monotonic() - started)
