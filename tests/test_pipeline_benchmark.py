@@ -26,7 +26,7 @@ import pytest
 from confluent_kafka import KafkaError
 
 from ruleless.kafka import consumer, ensure_topics, producer
-from ruleless.settings import Settings
+from ruleless.settings import LanceSettings, Settings
 from schemas.events import RawEvent, decode, encode
 from sinks.query import query_http
 from streams.scoring import ScoringService
@@ -113,14 +113,15 @@ def sustained(settings: Settings, events: list[RawEvent], workers: int, logs: Pa
 
 
 def fresh(settings: Settings, tag: str) -> Settings:
-    """Same broker, own topics, group ids and stores."""
+    """Same broker, own topics, group ids and stores; LanceDB flushes at the production
+    default interval (the test fixture's is shorter, which costs throughput)."""
     t = settings.topics
     topics = t.model_copy(update={name: f"{getattr(t, name)}-{tag}" for name in ("raw", "scored", "alerts", "dead_letter", "feedback")})
     base = Path(settings.data_dir) / tag
     return settings.model_copy(update={
         "data_dir": str(base),
         "topics": topics,
-        "lancedb": settings.lancedb.model_copy(update={"uri": str(base / "lancedb")}),
+        "lancedb": settings.lancedb.model_copy(update={"uri": str(base / "lancedb"), "flush_interval_s": LanceSettings().flush_interval_s}),
         "clickhouse": settings.clickhouse.model_copy(update={"path": str(base / "clickhouse")}),
         "worker": settings.worker.model_copy(update={"group_id": f"{settings.worker.group_id}-{tag}", "app_id": f"{settings.worker.app_id}-{tag}"}),
         "sink": settings.sink.model_copy(update={"group_id": f"{settings.sink.group_id}-{tag}"}),
