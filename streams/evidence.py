@@ -74,6 +74,8 @@ MAX_ARGS = 24
 SCRIPT_WEIGHT = 0.9  # commands inside `sh -c` count slightly less than real execs
 # Recent scores kept per shard to derive its thresholds (quantised to 1/1000).
 SCORE_WINDOW = 4096
+# Behaviours per shard whose observations are kept compiled (a cache: cleared when full).
+BEHAVIOUR_CACHE = 4096
 THRESHOLD_EVERY = 256
 
 # Past this many episodes rarity(e) = 1/(1+e)^2 is below 1e-3: counted as no surprise.
@@ -150,9 +152,22 @@ def _peer(event: RawEvent) -> str:
     return f"{cls}:{port_s}"
 
 
+def _behaviour_key(event: RawEvent) -> tuple:
+    """Everything observations() reads from an event."""
+    return (
+        event.event_type, event.process_name, event.exe, event.parent_process, event.user, event.uid,
+        tuple(event.ancestors) if event.ancestors else None, event.cmdline,
+        tuple(event.argv) if event.argv else None, event.remote_ip, event.remote_port, event.local_port,
+    )
+
+
 def observations(event: RawEvent) -> list[Observation]:
-    """The observations an event is made of (cached: most events are repeats)."""
-    return list(_observations_cached(
+    """The observations an event is made of."""
+    return list(_observations_of(event))
+
+
+def _observations_of(event: RawEvent) -> tuple[Observation, ...]:
+    return (_observations_cached(
         event.event_type, event.process_name, event.exe, event.parent_process, _user(event),
         tuple(event.ancestors or ()), event.cmdline, tuple(event.argv) if event.argv else None,
         _peer(event) if event.event_type != "exec" else "",
@@ -237,9 +252,15 @@ class EvidenceShard:
         self.scores = np.zeros(SCORE_WINDOW, dtype=np.uint16)
         self.thresholds = (warn, alert)
         self._dirty: set[str] = set()
+        # Observations learned since take_changes, per behaviour: marking each key dirty
+        # on every event would cost more than the learning itself.
+        self._touched: dict[int, tuple[Observation, ...]] = {}
         self._deleted: list[str] = []
         # program -> key of its most frequent argument template (reasons only).
         self._top_args: dict[str, str] = {}
+        # behaviour -> [observations, their stats, epoch] (see _compiled)
+        self._behaviours: dict[tuple, list] = {}
+        self._epoch = 0
 
     def __len__(self) -> int:
         return len(self.stats)
@@ -251,12 +272,46 @@ class EvidenceShard:
 
     def _one(self, event: RawEvent) -> Verdict:
         self._advance_clock(event.ts)
-        obs = observations(event)
-        score, reasons = self._score(obs, event.ts, event.host)
+        entry = self._compiled(event)
+        obs, stats = entry[0], entry[1]
+        if entry[3]:
+            score, reasons = 0.0, ["known behaviour"]
+        else:
+            score, reasons, entry[3] = self._score(obs, stats, event.ts, event.host)
         verdict = Verdict(score=score, reasons=reasons, history=self.history, thresholds=self.thresholds)
-        self._learn(obs, event)
+        self._learn(obs, stats, event.ts, event.host)
+        self._touched[id(obs)] = obs
         self._record_score(score)
         return verdict
+
+    def _compiled(self, event: RawEvent) -> list:
+        """``[observations, their stats (None: never seen), epoch, quiet]`` of the event's behaviour.
+
+        Most events repeat a behaviour the shard has seen, so each behaviour keeps its
+        observations and references to their stat lists: a stat list is only ever
+        mutated in place, never replaced, and dropping one (expiry) or labelling one
+        (feedback) bumps ``_epoch``, which makes every behaviour look its stats up again.
+        ``quiet`` says every observation is well known: episodes only grow within an
+        epoch, so until the next one the behaviour scores exactly 0.
+        """
+        key = _behaviour_key(event)
+        entry = self._behaviours.get(key)
+        if entry is None:
+            if len(self._behaviours) >= BEHAVIOUR_CACHE:
+                self._behaviours.clear()
+            obs = _observations_of(event)
+            entry = self._behaviours[key] = [obs, [None] * len(obs), -1, False]
+        obs, refs = entry[0], entry[1]
+        stats = self.stats
+        if entry[2] != self._epoch:
+            entry[1] = [stats.get(o.key) for o in obs]
+            entry[2] = self._epoch
+            entry[3] = False
+        elif None in refs:
+            for i, ref in enumerate(refs):
+                if ref is None:
+                    refs[i] = stats.get(obs[i].key)
+        return entry
 
     def _advance_clock(self, ts: float) -> None:
         now = max(self.watermark, ts)
@@ -265,40 +320,43 @@ class EvidenceShard:
             self._expire()
         self.watermark = now
 
-    def _score(self, obs: list[Observation], ts: float, host: str) -> tuple[float, list[str]]:
+    def _score(
+        self, obs: Sequence[Observation], stats: Sequence[list | None], ts: float, host: str
+    ) -> tuple[float, list[str], bool]:
+        """Score, reasons, and whether every observation is well known (see _compiled)."""
         keep = 1.0
+        well_known = 0
         parts: list[tuple[float, Observation, list | None]] = []
         cutoff = self.watermark - self.retention_s
-        stats = self.stats
-        for o in obs:
-            stat = stats.get(o.key)
-            if stat is not None:
-                if stat[3] < cutoff:
-                    stat = None
-                elif stat[0] > _WELL_KNOWN_EPISODES and stat[6] != _LABEL_MALICIOUS:
-                    continue  # the hot path: surprise would round to zero anyway
-            s = self._surprise(o, stat, ts, host)
+        contexts = self.contexts
+        for o, stat in zip(obs, stats):
+            if stat is None or stat[3] < cutoff:
+                episodes = 0
+                stat = None
+            elif stat[6]:
+                if stat[6] == _LABEL_MALICIOUS:
+                    keep *= 1.0 - o.weight
+                    parts.append((o.weight, o, stat))
+                    continue
+                episodes = stat[0]  # benign: its own burst is evidence too
+            elif stat[0] > _WELL_KNOWN_EPISODES:
+                well_known += 1
+                continue  # the hot path: surprise would round to zero anyway
+            else:
+                # Repeats inside the episode still open on this host are not evidence:
+                # a burst of retries must not wash out its own alert.
+                episodes = stat[0] - (host == stat[5] and ts - stat[4] < EPISODE_GAP_S)
+            if episodes > _WELL_KNOWN_EPISODES:
+                continue
+            ctx = contexts.get(o.rate_key)
+            novelty_rate = 0.5 if ctx is None else (ctx[1] + 1.0) / (ctx[0] + 2.0)
+            s = (1.0 if episodes == 0 else 1.0 / ((1.0 + episodes) ** 2)) * (1.0 - novelty_rate)
             if s > 0.0:
                 keep *= 1.0 - o.weight * s
                 parts.append((o.weight * s, o, stat))
         score = 1.0 - keep
-        return score, self._reasons(parts, score)
-
-    def _surprise(self, o: Observation, stat: list | None, ts: float, host: str) -> float:
-        if stat is None:
-            episodes = 0
-        elif stat[6] == _LABEL_MALICIOUS:
-            return 1.0
-        else:
-            # Repeats inside the episode still open on this host are not evidence:
-            # a burst of retries must not wash out its own alert.
-            episodes = stat[0] - (host == stat[5] and ts - stat[4] < EPISODE_GAP_S and stat[6] != _LABEL_BENIGN)
-        if episodes > _WELL_KNOWN_EPISODES:
-            return 0.0
-        rarity = 1.0 if episodes == 0 else 1.0 / ((1.0 + episodes) ** 2)
-        ctx = self.contexts.get(o.rate_key)
-        novelty_rate = 0.5 if ctx is None else (ctx[1] + 1.0) / (ctx[0] + 2.0)
-        return rarity * (1.0 - novelty_rate)
+        quiet = well_known == len(obs) and self.retention_s >= DAY_S  # a day boundary bumps the epoch first
+        return score, self._reasons(parts, score), quiet
 
     def _reasons(self, parts: list[tuple[float, Observation, list | None]], score: float) -> list[str]:
         if not parts or score < 0.05:
@@ -327,15 +385,21 @@ class EvidenceShard:
     # learning -----------------------------------------------------------------------
 
     def _learn(
-        self, obs: list[Observation], event: RawEvent, bonus: int = 0, label: str = "", counts: bool = True
+        self, obs: Sequence[Observation], refs: list[list | None], ts: float, host: str,
+        bonus: int = 0, label: str = "", counts: bool = True,
     ) -> None:
+        """Count ``obs`` as seen at ``ts`` on ``host``; new stats are written into ``refs``.
+
+        The caller marks ``obs`` as changed (see take_changes).
+        """
         self.history += counts
-        ts, host = event.ts, event.host
         cutoff = self.watermark - self.retention_s
-        stats, contexts, dirty = self.stats, self.contexts, self._dirty
-        for o in obs:
+        stats, contexts = self.stats, self.contexts
+        for i, o in enumerate(obs):
             key = o.key
-            stat = stats.get(key)
+            stat = refs[i]
+            if stat is None:  # may have been added by an earlier observation of this event
+                stat = refs[i] = stats.get(key)
             if stat is not None and stat[3] >= cutoff:
                 # The hot path: a known behaviour seen again.
                 stat[1] += 1
@@ -357,13 +421,14 @@ class EvidenceShard:
                 ctx = contexts.get(o.ctx_key)
                 if ctx is None:
                     ctx = contexts[o.ctx_key] = [0, 0]
+                fresh = [1 + bonus, 1, ts, ts, ts, host, label or (stat[6] if stat else "")]
                 if stat is None:
                     ctx[1] += 1
+                    stats[key] = refs[i] = stat = fresh
                 else:  # expired but not yet dropped: starts over, as if it had been
                     ctx[0] -= stat[0]
-                stats[key] = stat = [1 + bonus, 1, ts, ts, ts, host, label or (stat[6] if stat else "")]
+                    stat[:] = fresh
                 ctx[0] += 1 + bonus
-            dirty.add(key)
             if o.kind == "args":
                 self._note_top_args(o.ctx, key, stat[1])
 
@@ -398,13 +463,18 @@ class EvidenceShard:
 
     def feedback(self, event: RawEvent, label: str) -> None:
         """An analyst's verdict on ``event``: benign teaches it, malicious pins it."""
+        self._epoch += 1  # labels change how known behaviours score
         obs = observations(event)
         if label == _LABEL_BENIGN:
-            self._learn(obs, event, bonus=_BENIGN_EPISODES, label=_LABEL_BENIGN, counts=False)
+            refs = [self.stats.get(o.key) for o in obs]
+            self._learn(obs, refs, event.ts, event.host, bonus=_BENIGN_EPISODES, label=_LABEL_BENIGN, counts=False)
+            self._dirty.update(o.key for o in obs)
             return
         # Pin only what made it rare, or every later use of /bin/sh would alert too.
         rare = [o for o in obs if (st := self.stats.get(o.key)) is None or st[0] <= 2] or obs
-        self._learn(rare, event, label=_LABEL_MALICIOUS, counts=False)
+        refs = [self.stats.get(o.key) for o in rare]
+        self._learn(rare, refs, event.ts, event.host, label=_LABEL_MALICIOUS, counts=False)
+        self._dirty.update(o.key for o in rare)
 
     # retention and persistence ----------------------------------------------------------
 
@@ -418,8 +488,8 @@ class EvidenceShard:
             ctx[1] -= 1
             if ctx[1] <= 0:
                 del self.contexts[ctx_key]
-            self._dirty.discard(key)
             self._deleted.append(key)
+        self._epoch += 1
 
     def prune(self) -> int:
         # Expiry already happens in event time at each day boundary (see _advance_clock),
@@ -427,7 +497,11 @@ class EvidenceShard:
         return 0
 
     def take_changes(self) -> Changes:
-        keys = sorted(self._dirty)
+        dirty = self._dirty
+        for obs in self._touched.values():
+            dirty.update(o.key for o in obs)
+        self._touched = {}
+        keys = sorted(k for k in dirty if k in self.stats)
         upserts = self._rows(keys, meta=True) if keys or self._deleted else None
         changes = Changes(upserts=upserts, deletes=self._deleted)
         self._dirty = set()

@@ -22,6 +22,7 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
 ]
 _ALNUM_RUN = re.compile(r"[A-Za-z0-9]{6,}")
 _HEX_MIN = 5
+_DIGIT = re.compile(r"\d")
 
 
 def _random_run(match: re.Match[str]) -> str:
@@ -42,6 +43,8 @@ def _hex_ok(match: re.Match[str]) -> str:
 @lru_cache(maxsize=1 << 16)
 def normalize_token(token: str) -> str:
     """One argument with its volatile parts replaced; lower-cased."""
+    if _DIGIT.search(token) is None and token.count("-") < 4:
+        return token.lower()  # every rule needs a digit, except a digit-free uuid
     out = _ALNUM_RUN.sub(_random_run, token).lower()
     for pattern, placeholder in _RULES:
         if placeholder == "<hex>":
