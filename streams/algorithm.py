@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import pyarrow as pa
 
@@ -23,12 +23,11 @@ from ruleless.settings import EngineSettings
 from schemas.events import RawEvent
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """What an algorithm says about one event."""
+class Verdict(NamedTuple):
+    """What an algorithm says about one event (a tuple: one is built per event)."""
 
     score: float
-    reasons: list[str] = field(default_factory=list)
+    reasons: list[str]
     # Events the shard had learned before this one (drives the "learning" flag).
     history: int = 0
     # (warn, alert) the shard derived from its own score distribution, if it does.

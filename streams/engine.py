@@ -37,7 +37,7 @@ def single_threaded_blas() -> None:
 # CPython's default (700, 10, 10) runs a full collection over the learned state (millions
 # of small containers that never die) every few batches: ~45 % of the evidence engine's
 # time on the scale benchmark. Rarer older-generation passes still collect real garbage.
-GC_THRESHOLDS = (10_000, 100, 100)
+GC_THRESHOLDS = (700, 100, 100)
 
 
 def long_lived_state_gc() -> None:
@@ -78,29 +78,31 @@ class Engine:
         for i, event in enumerate(events):
             by_shard[event.shard_key].append(i)
         out: list[ScoredEvent | None] = [None] * len(events)
+        model, learning_events = self.model, self.settings.learning_events
         for key, positions in by_shard.items():
             shard = self.shards.get(key)
             if shard is None:
                 shard = self.shards[key] = self.algorithm.new_shard()
+            override = self.settings.thresholds.get(key)
             verdicts = shard.score_and_learn([events[i] for i in positions])
-            for i, verdict in zip(positions, verdicts):
-                out[i] = self._scored(events[i], verdict, now)
+            for i, (score, reasons, history, learned) in zip(positions, verdicts):
+                if override is not None:
+                    warn, alert = override.warn, override.alert
+                elif learned is not None:
+                    warn, alert = learned
+                else:
+                    warn, alert = self.settings.warn, self.settings.alert
+                score = min(1.0, max(0.0, score))
+                out[i] = ScoredEvent(
+                    **msgspec.structs.asdict(events[i]),
+                    score=score,
+                    severity="alert" if score >= alert else "warn" if score >= warn else "ok",
+                    reasons=reasons,
+                    model=model,
+                    learning=history < learning_events,
+                    scored_at=now,
+                )
         return out  # type: ignore[return-value]
-
-    def _scored(self, event: RawEvent, verdict: Verdict, now: float) -> ScoredEvent:
-        warn, alert = self._limits(event.shard_key, verdict.thresholds)
-        score = float(min(1.0, max(0.0, verdict.score)))
-        severity = "alert" if score >= alert else "warn" if score >= warn else "ok"
-        fields = msgspec.structs.asdict(event)
-        return ScoredEvent(
-            **fields,
-            score=score,
-            severity=severity,
-            reasons=verdict.reasons,
-            model=self.model,
-            learning=verdict.history < self.settings.learning_events,
-            scored_at=now,
-        )
 
     def feedback(self, event: RawEvent, label: str) -> None:
         """Apply an analyst's verdict (``benign`` or ``malicious``) on a scored event."""
@@ -112,13 +114,6 @@ class Engine:
         if shard is None:
             shard = self.shards[event.shard_key] = self.algorithm.new_shard()
         shard.feedback(event, label)
-
-    def _limits(self, shard_key: str, learned: tuple[float, float] | None) -> tuple[float, float]:
-        """(warn, alert): explicit override for the shard, else learned, else global."""
-        override = self.settings.thresholds.get(shard_key)
-        if override is not None:
-            return override.warn, override.alert
-        return learned if learned is not None else (self.settings.warn, self.settings.alert)
 
     def take_changes(self) -> dict[str, Changes]:
         """Per-shard rows to persist since the last call (only shards with changes)."""

@@ -24,7 +24,9 @@ How unusual an observation is depends on two learned quantities:
 * its **evidence**: the number of separate *episodes* in which it was seen — a new episode
   needs another host or a gap of ``EPISODE_GAP_S`` since the current one started. A
   behaviour that comes back on a later run, day or host gains evidence quickly; an
-  attacker's burst on one host stays one episode and keeps alerting.
+  attacker's burst on one host stays one episode and keeps alerting. Counting stops at
+  32 episodes ("well known"): beyond that a value is no surprise at all, and stopping
+  makes a well-known value's sighting cost a count and a timestamp.
 * how often its **context** produces novelty at all: a CI runner's shell spawns new things
   every week; a web server's worker never spawns anything. Novelty in a context that never
   changes is far more surprising than in one that always does.
@@ -42,10 +44,13 @@ one-by-one, streamed and reloaded shards all give the same scores.
 from __future__ import annotations
 
 import base64
+import itertools
+from array import array
 import ipaddress
 import math
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -74,8 +79,9 @@ MAX_ARGS = 24
 SCRIPT_WEIGHT = 0.9  # commands inside `sh -c` count slightly less than real execs
 # Recent scores kept per shard to derive its thresholds (quantised to 1/1000).
 SCORE_WINDOW = 4096
-# Behaviours per shard whose observations are kept compiled (a cache: cleared when full).
-BEHAVIOUR_CACHE = 4096
+# Behaviours (all shards of a process together) whose observations are kept compiled:
+# a cache, cleared when full, so its memory stays bounded however many shards there are.
+BEHAVIOUR_CACHE = 1 << 18
 THRESHOLD_EVERY = 256
 
 # Past this many episodes rarity(e) = 1/(1+e)^2 is below 1e-3: counted as no surprise.
@@ -106,13 +112,14 @@ def _schema() -> pa.Schema:
 class Observation:
     """One value seen in one context; ``key`` and ``ctx_key`` are built once."""
 
-    __slots__ = ("kind", "ctx", "value", "weight", "key", "ctx_key", "rate_key")
+    __slots__ = ("kind", "ctx", "value", "weight", "key", "ctx_key", "rate_key", "is_args")
 
     def __init__(self, kind: str, ctx: str, value: str, weight: float, rate_kind: str | None = None):
         self.kind = kind
         self.ctx = ctx
         self.value = value
         self.weight = weight
+        self.is_args = kind == "args"
         self.ctx_key = f"{kind}{SEP}{ctx}"
         self.key = f"{self.ctx_key}{SEP}{value}"
         # Whose novelty rate says how surprising a new value is (default: its own context).
@@ -152,10 +159,10 @@ def _peer(event: RawEvent) -> str:
     return f"{cls}:{port_s}"
 
 
-def _behaviour_key(event: RawEvent) -> tuple:
-    """Everything observations() reads from an event."""
+def _behaviour_key(shard: int, event: RawEvent) -> tuple:
+    """The shard and everything observations() reads from an event."""
     return (
-        event.event_type, event.process_name, event.exe, event.parent_process, event.user, event.uid,
+        shard, event.event_type, event.process_name, event.exe, event.parent_process, event.user, event.uid,
         tuple(event.ancestors) if event.ancestors else None, event.cmdline,
         tuple(event.argv) if event.argv else None, event.remote_ip, event.remote_port, event.local_port,
     )
@@ -236,30 +243,37 @@ def _directory(token: str) -> str:
 # -- the shard ---------------------------------------------------------------------------
 
 
+_shard_uids = itertools.count()
+
+
 class EvidenceShard:
     """One shard's learned observations, contexts, score window and thresholds."""
 
-    def __init__(self, retention_s: float, warn: float, alert: float, warn_rate: float, alert_rate: float):
+    def __init__(
+        self, retention_s: float, warn: float, alert: float, warn_rate: float, alert_rate: float,
+        behaviours: dict[tuple, list] | None = None,
+    ):
         self.retention_s = retention_s
         self.defaults = (warn, alert)
         self.rates = (warn_rate, alert_rate)
-        # key -> [episodes, count, first_ts, last_ts, ep_start, ep_host, label]
+        # key -> [episodes, count, first_ts, last_ts, ep_start, ep_host, label, its context]
         self.stats: dict[str, list] = {}
-        # ctx_key -> [episodes in context, distinct values in context]
+        # ctx_key -> [episodes in context, distinct values in context] (a stat's last item)
         self.contexts: dict[str, list[int]] = {}
         self.history = 0
         self.watermark = float("-inf")
-        self.scores = np.zeros(SCORE_WINDOW, dtype=np.uint16)
+        self.scores = array("H", bytes(2 * SCORE_WINDOW))
         self.thresholds = (warn, alert)
         self._dirty: set[str] = set()
         # Observations learned since take_changes, per behaviour: marking each key dirty
         # on every event would cost more than the learning itself.
         self._touched: dict[int, tuple[Observation, ...]] = {}
         self._deleted: list[str] = []
-        # program -> key of its most frequent argument template (reasons only).
-        self._top_args: dict[str, str] = {}
+        # program -> (key, stat) of its most frequent argument template (reasons only).
+        self._top_args: dict[str, tuple[str, list]] = {}
         # behaviour -> [observations, their stats, epoch] (see _compiled)
-        self._behaviours: dict[tuple, list] = {}
+        self._behaviours = behaviours if behaviours is not None else {}
+        self._uid = next(_shard_uids)
         self._epoch = 0
 
     def __len__(self) -> int:
@@ -271,17 +285,21 @@ class EvidenceShard:
         return [self._one(event) for event in events]
 
     def _one(self, event: RawEvent) -> Verdict:
-        self._advance_clock(event.ts)
+        ts = event.ts
+        if ts > self.watermark:
+            self._advance_clock(ts)
         entry = self._compiled(event)
         obs, stats = entry[0], entry[1]
         if entry[3]:
             score, reasons = 0.0, ["known behaviour"]
         else:
-            score, reasons, entry[3] = self._score(obs, stats, event.ts, event.host)
-        verdict = Verdict(score=score, reasons=reasons, history=self.history, thresholds=self.thresholds)
-        self._learn(obs, stats, event.ts, event.host)
+            score, reasons, entry[3] = self._score(obs, stats, ts, event.host)
+        verdict = Verdict(score, reasons, self.history, self.thresholds)
+        self._learn(obs, stats, ts, event.host)
         self._touched[id(obs)] = obs
-        self._record_score(score)
+        self.scores[self.history % SCORE_WINDOW] = round(score * 1000)
+        if self.history % THRESHOLD_EVERY == 0:
+            self.thresholds = self._derive_thresholds()
         return verdict
 
     def _compiled(self, event: RawEvent) -> list:
@@ -294,7 +312,7 @@ class EvidenceShard:
         ``quiet`` says every observation is well known: episodes only grow within an
         epoch, so until the next one the behaviour scores exactly 0.
         """
-        key = _behaviour_key(event)
+        key = _behaviour_key(self._uid, event)
         entry = self._behaviours.get(key)
         if entry is None:
             if len(self._behaviours) >= BEHAVIOUR_CACHE:
@@ -375,11 +393,10 @@ class EvidenceShard:
         """The most frequent known argument template of the program in question."""
         for _, o, _ in parts:
             if o.kind in ("args", "arg"):
-                best = self._top_args.get(o.ctx)
-                stat = self.stats.get(best) if best else None
-                if best is None or stat is None:
+                top = self._top_args.get(o.ctx)
+                if top is None:
                     return None
-                return f"nearest known: {o.ctx} {best.rsplit(SEP, 1)[1]!r} (seen {stat[1]}x)"
+                return f"nearest known: {o.ctx} {top[0].rsplit(SEP, 1)[1]!r} (seen {top[1][1]}x)"
         return None
 
     # learning -----------------------------------------------------------------------
@@ -396,59 +413,58 @@ class EvidenceShard:
         cutoff = self.watermark - self.retention_s
         stats, contexts = self.stats, self.contexts
         for i, o in enumerate(obs):
-            key = o.key
             stat = refs[i]
             if stat is None:  # may have been added by an earlier observation of this event
-                stat = refs[i] = stats.get(key)
+                stat = refs[i] = stats.get(o.key)
             if stat is not None and stat[3] >= cutoff:
                 # The hot path: a known behaviour seen again.
                 stat[1] += 1
                 if ts > stat[3]:
                     stat[3] = ts
-                new_episode = host != stat[5] or ts - stat[4] >= EPISODE_GAP_S
-                if new_episode or bonus:
-                    ctx = contexts[o.ctx_key]
-                    if new_episode:
-                        stat[0] += 1
-                        stat[4] = ts
-                        stat[5] = host
-                        ctx[0] += 1
+                if o.is_args:
+                    self._note_top_args(o, stat)
+                if stat[0] > _WELL_KNOWN_EPISODES and not (bonus or label):
+                    # Episodes saturate: past this, more cannot make the value itself
+                    # less surprising, and its context's novelty rate is already low.
+                    continue
+                if host != stat[5] or ts - stat[4] >= EPISODE_GAP_S:  # a new episode
+                    stat[0] += 1 + bonus
+                    stat[4] = ts
+                    stat[5] = host
+                    stat[7][0] += 1 + bonus
+                elif bonus:
                     stat[0] += bonus
-                    ctx[0] += bonus
+                    stat[7][0] += bonus
                 if label:
                     stat[6] = label
             else:
                 ctx = contexts.get(o.ctx_key)
                 if ctx is None:
                     ctx = contexts[o.ctx_key] = [0, 0]
-                fresh = [1 + bonus, 1, ts, ts, ts, host, label or (stat[6] if stat else "")]
+                fresh = [1 + bonus, 1, ts, ts, ts, host, label or (stat[6] if stat else ""), ctx]
                 if stat is None:
                     ctx[1] += 1
-                    stats[key] = refs[i] = stat = fresh
+                    stats[o.key] = refs[i] = stat = fresh
                 else:  # expired but not yet dropped: starts over, as if it had been
                     ctx[0] -= stat[0]
                     stat[:] = fresh
                 ctx[0] += 1 + bonus
-            if o.kind == "args":
-                self._note_top_args(o.ctx, key, stat[1])
+                if o.is_args:
+                    self._note_top_args(o, stat)
 
-    def _note_top_args(self, program: str, key: str, count: int) -> None:
+    def _note_top_args(self, o: Observation, stat: list) -> None:
         """Keep the most frequent argument template of each program (for reasons)."""
-        best = self._top_args.get(program)
-        if best is None or best == key or count > self.stats.get(best, (0, 0))[1]:
-            self._top_args[program] = key
-
-    def _record_score(self, score: float) -> None:
-        self.scores[self.history % SCORE_WINDOW] = int(round(score * 1000))
-        if self.history % THRESHOLD_EVERY == 0:
-            self.thresholds = self._derive_thresholds()
+        top = self._top_args.get(o.ctx)
+        if top is None or top[1] is not stat and stat[1] > top[1][1]:
+            self._top_args[o.ctx] = (o.key, stat)
 
     def _derive_thresholds(self) -> tuple[float, float]:
         """Scores at which the shard's recent events would warn/alert at the target rates."""
         n = min(self.history, SCORE_WINDOW)
         if n < SCORE_WINDOW // 4:
             return self.defaults
-        hist = np.bincount(self.scores[:n] if self.history < SCORE_WINDOW else self.scores, minlength=1001)
+        scores = np.frombuffer(self.scores, dtype=np.uint16)
+        hist = np.bincount(scores[:n] if self.history < SCORE_WINDOW else scores, minlength=1001)
         above = np.cumsum(hist[::-1])[::-1] / n  # fraction of scores >= bin
         warn_default, alert_default = self.defaults
 
@@ -483,9 +499,12 @@ class EvidenceShard:
         for key in [k for k, v in self.stats.items() if v[3] < cutoff]:
             stat = self.stats.pop(key)
             ctx_key = key.rsplit(SEP, 1)[0]
-            ctx = self.contexts[ctx_key]
+            ctx = stat[7]
             ctx[0] -= stat[0]
             ctx[1] -= 1
+            top = self._top_args.get(ctx_key.split(SEP, 1)[1])
+            if top is not None and top[1] is stat:
+                del self._top_args[ctx_key.split(SEP, 1)[1]]
             if ctx[1] <= 0:
                 del self.contexts[ctx_key]
             self._deleted.append(key)
@@ -516,7 +535,7 @@ class EvidenceShard:
         for key in keys:
             stat = self.stats[key]
             kind, ctx, value = key.split(SEP, 2)
-            for name, v in zip(cols, (key, kind, ctx, value, *stat)):
+            for name, v in zip(cols, (key, kind, ctx, value, *stat[:7])):
                 cols[name].append(v)
         if meta:
             state = base64.b64encode(self.scores.tobytes()).decode()
@@ -527,26 +546,29 @@ class EvidenceShard:
         return pa.table(cols, schema=_schema())
 
     @classmethod
-    def load(cls, table: pa.Table, **params: float) -> "EvidenceShard":
+    def load(cls, table: pa.Table, **params: Any) -> "EvidenceShard":
         shard = cls(**params)
         cols = table.to_pydict()
         for i, key in enumerate(cols["key"]):
             if key == META_KEY:
                 shard.history = int(cols["episodes"][i])
                 shard.watermark = float(cols["last_ts"][i]) if shard.history else float("-inf")
-                shard.scores = np.frombuffer(base64.b64decode(cols["value"][i]), dtype=np.uint16).copy()
+                shard.scores = array("H", base64.b64decode(cols["value"][i]))
                 shard.thresholds = (float(cols["ep_start"][i]), float(cols["ep_host"][i]))
                 continue
+            ctx = shard.contexts.setdefault(key.rsplit(SEP, 1)[0], [0, 0])
             stat = [
                 int(cols["episodes"][i]), int(cols["count"][i]), float(cols["first_ts"][i]),
-                float(cols["last_ts"][i]), float(cols["ep_start"][i]), cols["ep_host"][i], cols["label"][i],
+                float(cols["last_ts"][i]), float(cols["ep_start"][i]), cols["ep_host"][i], cols["label"][i], ctx,
             ]
             shard.stats[key] = stat
-            if cols["kind"][i] == "args":
-                shard._note_top_args(cols["ctx"][i], key, stat[1])
-            ctx = shard.contexts.setdefault(key.rsplit(SEP, 1)[0], [0, 0])
             ctx[0] += stat[0]
             ctx[1] += 1
+            if cols["kind"][i] == "args":
+                program = cols["ctx"][i]
+                top = shard._top_args.get(program)
+                if top is None or stat[1] > top[1][1]:
+                    shard._top_args[program] = (key, stat)
         return shard
 
 
@@ -578,6 +600,8 @@ class EvidenceAlgorithm:
             "warn_rate": settings.target_warn_rate,
             "alert_rate": settings.target_alert_rate,
         }
+        # Shared by this algorithm's shards (see EvidenceShard._compiled).
+        self.behaviours: dict[tuple, list] = {}
 
     @property
     def model(self) -> str:
@@ -587,10 +611,10 @@ class EvidenceAlgorithm:
         return _schema()
 
     def new_shard(self) -> EvidenceShard:
-        return EvidenceShard(**self.params)
+        return EvidenceShard(**self.params, behaviours=self.behaviours)
 
     def load_shard(self, table: pa.Table) -> EvidenceShard:
-        return EvidenceShard.load(table, **self.params)
+        return EvidenceShard.load(table, **self.params, behaviours=self.behaviours)
 
 
 register("evidence")(EvidenceAlgorithm)
