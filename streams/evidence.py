@@ -44,6 +44,7 @@ one-by-one, streamed and reloaded shards all give the same scores.
 from __future__ import annotations
 
 import base64
+import copy
 import itertools
 from array import array
 import ipaddress
@@ -124,6 +125,9 @@ class Observation:
         self.key = f"{self.ctx_key}{SEP}{value}"
         # Whose novelty rate says how surprising a new value is (default: its own context).
         self.rate_key = f"{rate_kind}{SEP}{ctx}" if rate_kind else self.ctx_key
+
+    def __deepcopy__(self, memo: dict) -> "Observation":
+        return self  # never changed after it is built
 
     def __repr__(self) -> str:
         return f"Observation({self.kind!r}, {self.ctx!r}, {self.value!r}, {self.weight})"
@@ -278,6 +282,15 @@ class EvidenceShard:
 
     def __len__(self) -> int:
         return len(self.stats)
+
+    def __deepcopy__(self, memo: dict) -> "EvidenceShard":
+        """A copy that learns on its own: the behaviour cache is shared (it is keyed by
+        shard), everything else is copied, and the copy gets its own identity."""
+        clone = object.__new__(type(self))
+        for name, value in self.__dict__.items():
+            clone.__dict__[name] = value if name == "_behaviours" else copy.deepcopy(value, memo)
+        clone._uid = next(_shard_uids)
+        return clone
 
     # scoring ------------------------------------------------------------------------
 
