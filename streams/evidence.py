@@ -135,6 +135,11 @@ class Observation:
 
 # -- featurisation ---------------------------------------------------------------------
 
+# Interned: most observations (a program, its parent, a common flag) are shared by many
+# behaviours, so a new behaviour usually builds only its few new ones.
+_observation = lru_cache(maxsize=1 << 18)(Observation)
+
+
 
 def _program(event: RawEvent) -> str:
     if event.exe:
@@ -178,16 +183,16 @@ def observations(event: RawEvent) -> list[Observation]:
 
 
 def _observations_of(event: RawEvent) -> tuple[Observation, ...]:
-    return (_observations_cached(
+    """(Uncached: shards keep the observations of the behaviours they see.)"""
+    exec_ = event.event_type == "exec"
+    return _featurize(
         event.event_type, event.process_name, event.exe, event.parent_process, _user(event),
         tuple(event.ancestors or ()), event.cmdline, tuple(event.argv) if event.argv else None,
-        _peer(event) if event.event_type != "exec" else "",
-        event.local_port if event.event_type != "exec" else None,
-    ))
+        "" if exec_ else _peer(event), None if exec_ else event.local_port,
+    )
 
 
-@lru_cache(maxsize=1 << 16)
-def _observations_cached(
+def _featurize(
     event_type: str, process_name: str, exe: str | None, parent: str, user: str,
     ancestors: tuple[str, ...], cmdline: str, argv: tuple[str, ...] | None, peer: str,
     local_port: int | None,
@@ -196,17 +201,17 @@ def _observations_cached(
     parent_n = normalize_token(parent) or "?"
     out: list[Observation] = []
     if event_type != "exec":
-        out.append(Observation("net", program, f"{event_type}:{peer}", WEIGHTS["net"]))
+        out.append(_observation("net", program, f"{event_type}:{peer}", WEIGHTS["net"]))
         if local_port:
-            out.append(Observation("net", program, f"{event_type}:local:{local_port if local_port < 32768 else 'ephemeral'}", WEIGHTS["net"]))
-        out.append(Observation("parent", parent_n, program, WEIGHTS["parent"] * 0.5))
+            out.append(_observation("net", program, f"{event_type}:local:{local_port if local_port < 32768 else 'ephemeral'}", WEIGHTS["net"]))
+        out.append(_observation("parent", parent_n, program, WEIGHTS["parent"] * 0.5))
         return tuple(out)
-    out.append(Observation("prog", "", program, WEIGHTS["prog"]))
-    out.append(Observation("parent", parent_n, program, WEIGHTS["parent"]))
-    out.append(Observation("user", user, program, WEIGHTS["user"]))
+    out.append(_observation("prog", "", program, WEIGHTS["prog"]))
+    out.append(_observation("parent", parent_n, program, WEIGHTS["parent"]))
+    out.append(_observation("user", user, program, WEIGHTS["user"]))
     if ancestors:
         lineage = ">".join(normalize_token(a) for a in ancestors[:3])
-        out.append(Observation("lineage", lineage, program, WEIGHTS["lineage"]))
+        out.append(_observation("lineage", lineage, program, WEIGHTS["lineage"]))
     args = list(argv) if argv else split_args(cmdline, None)
     out.extend(_arg_observations(program, args[1:], 1.0))
     script = shell_script(args)
@@ -214,8 +219,8 @@ def _observations_cached(
         shell = normalize_token(basename(process_name or program))
         for words in script_commands(script):
             sub = normalize_token(basename(words[0]))
-            out.append(Observation("prog", "", f"sh:{sub}", WEIGHTS["prog"] * SCRIPT_WEIGHT))
-            out.append(Observation("parent", shell, f"sh:{sub}", WEIGHTS["parent"] * SCRIPT_WEIGHT))
+            out.append(_observation("prog", "", f"sh:{sub}", WEIGHTS["prog"] * SCRIPT_WEIGHT))
+            out.append(_observation("parent", shell, f"sh:{sub}", WEIGHTS["parent"] * SCRIPT_WEIGHT))
             out.extend(_arg_observations(f"sh:{sub}", words[1:], SCRIPT_WEIGHT))
     return tuple(out)
 
@@ -228,12 +233,12 @@ def _arg_observations(program: str, args: Sequence[str], scale: float) -> Iterat
     program never touched is judged on its own, since directories are stable.
     """
     tokens = [normalize_token(a) for a in args[:MAX_ARGS]]
-    yield Observation("args", program, " ".join(tokens), WEIGHTS["args"] * scale)
+    yield _observation("args", program, " ".join(tokens), WEIGHTS["args"] * scale)
     for token in dict.fromkeys(tokens):
         if token:
-            yield Observation("arg", program, token, WEIGHTS["arg"] * scale, rate_kind="args")
+            yield _observation("arg", program, token, WEIGHTS["arg"] * scale, "args")
     for directory in dict.fromkeys(d for d in map(_directory, tokens) if d):
-        yield Observation("path", program, directory, WEIGHTS["path"] * scale)
+        yield _observation("path", program, directory, WEIGHTS["path"] * scale)
 
 
 def _directory(token: str) -> str:
