@@ -80,9 +80,9 @@ MAX_ARGS = 24
 SCRIPT_WEIGHT = 0.9  # commands inside `sh -c` count slightly less than real execs
 # Recent scores kept per shard to derive its thresholds (quantised to 1/1000).
 SCORE_WINDOW = 4096
-# Behaviours (all shards of a process together) whose observations are kept compiled:
-# a cache, cleared when full, so its memory stays bounded however many shards there are.
-BEHAVIOUR_CACHE = 1 << 18
+# Behaviours (all shards of a process together) whose observations are kept compiled,
+# per generation of the cache (see BehaviourCache).
+BEHAVIOUR_CACHE = 1 << 17
 THRESHOLD_EVERY = 256
 
 # Past this many episodes rarity(e) = 1/(1+e)^2 is below 1e-3: counted as no surprise.
@@ -113,7 +113,7 @@ def _schema() -> pa.Schema:
 class Observation:
     """One value seen in one context; ``key`` and ``ctx_key`` are built once."""
 
-    __slots__ = ("kind", "ctx", "value", "weight", "key", "ctx_key", "rate_key", "is_args")
+    __slots__ = ("kind", "ctx", "value", "weight", "key", "ctx_key", "rate_key", "is_args", "own_rate", "_description")
 
     def __init__(self, kind: str, ctx: str, value: str, weight: float, rate_kind: str | None = None):
         self.kind = kind
@@ -125,6 +125,14 @@ class Observation:
         self.key = f"{self.ctx_key}{SEP}{value}"
         # Whose novelty rate says how surprising a new value is (default: its own context).
         self.rate_key = f"{rate_kind}{SEP}{ctx}" if rate_kind else self.ctx_key
+        self.own_rate = not rate_kind
+        self._description: str | None = None
+
+    @property
+    def description(self) -> str:
+        if self._description is None:
+            self._description = _describe(self)
+        return self._description
 
     def __deepcopy__(self, memo: dict) -> "Observation":
         return self  # never changed after it is built
@@ -255,12 +263,36 @@ def _directory(token: str) -> str:
 _shard_uids = itertools.count()
 
 
+class BehaviourCache:
+    """Compiled behaviours of every shard in a process, bounded however many shards.
+
+    Two generations: lookups go to ``young``, then ``old`` (a hit there moves back to
+    young); when young is full it becomes old and the previous old is dropped. Hot
+    behaviours survive every turn, and memory stays under two generations' worth.
+    """
+
+    __slots__ = ("young", "old", "limit")
+
+    def __init__(self, limit: int = BEHAVIOUR_CACHE):
+        self.young: dict[tuple, list] = {}
+        self.old: dict[tuple, list] = {}
+        self.limit = limit
+
+    def __len__(self) -> int:
+        return len(self.young) + len(self.old)
+
+    def put(self, key: tuple, entry: list) -> None:
+        if len(self.young) >= self.limit:
+            self.old, self.young = self.young, {}
+        self.young[key] = entry
+
+
 class EvidenceShard:
     """One shard's learned observations, contexts, score window and thresholds."""
 
     def __init__(
         self, retention_s: float, warn: float, alert: float, warn_rate: float, alert_rate: float,
-        behaviours: dict[tuple, list] | None = None,
+        behaviours: BehaviourCache | None = None,
     ):
         self.retention_s = retention_s
         self.defaults = (warn, alert)
@@ -281,7 +313,7 @@ class EvidenceShard:
         # program -> (key, stat) of its most frequent argument template (reasons only).
         self._top_args: dict[str, tuple[str, list]] = {}
         # behaviour -> [observations, their stats, epoch] (see _compiled)
-        self._behaviours = behaviours if behaviours is not None else {}
+        self._behaviours = behaviours if behaviours is not None else BehaviourCache()
         self._uid = next(_shard_uids)
         self._epoch = 0
 
@@ -300,25 +332,33 @@ class EvidenceShard:
     # scoring ------------------------------------------------------------------------
 
     def score_and_learn(self, events: Sequence[RawEvent]) -> list[Verdict]:
-        return [self._one(event) for event in events]
-
-    def _one(self, event: RawEvent) -> Verdict:
-        ts = event.ts
-        if ts > self.watermark:
-            self._advance_clock(ts)
-        entry = self._compiled(event)
-        obs, stats = entry[0], entry[1]
-        if entry[3]:
-            score, reasons = 0.0, ["known behaviour"]
-        else:
-            score, reasons, entry[3] = self._score(obs, stats, ts, event.host)
-        verdict = Verdict(score, reasons, self.history, self.thresholds)
-        self._learn(obs, stats, ts, event.host)
-        self._touched[id(obs)] = obs
-        self.scores[self.history % SCORE_WINDOW] = round(score * 1000)
-        if self.history % THRESHOLD_EVERY == 0:
-            self.thresholds = self._derive_thresholds()
-        return verdict
+        out = []
+        for event in events:
+            ts = event.ts
+            if ts > self.watermark:
+                self._advance_clock(ts)
+            entry = self._compiled(event)
+            obs, stats = entry[0], entry[1]
+            if entry[3]:
+                # The hot path: a behaviour whose every part is well known.
+                out.append(Verdict(0.0, ["known behaviour"], self.history, self.thresholds))
+                self.history += 1
+                for o, stat in zip(obs, stats):
+                    stat[1] += 1
+                    if ts > stat[3]:
+                        stat[3] = ts
+                    if o.is_args:
+                        self._note_top_args(o, stat)
+                score = 0.0
+            else:
+                score, reasons, entry[3] = self._score(obs, stats, ts, event.host)
+                out.append(Verdict(score, reasons, self.history, self.thresholds))
+                self._learn(obs, stats, ts, event.host)
+            self._touched[id(obs)] = obs
+            self.scores[self.history % SCORE_WINDOW] = round(score * 1000)
+            if self.history % THRESHOLD_EVERY == 0:
+                self.thresholds = self._derive_thresholds()
+        return out
 
     def _compiled(self, event: RawEvent) -> list:
         """``[observations, their stats (None: never seen), epoch, quiet]`` of the event's behaviour.
@@ -331,12 +371,14 @@ class EvidenceShard:
         epoch, so until the next one the behaviour scores exactly 0.
         """
         key = _behaviour_key(self._uid, event)
-        entry = self._behaviours.get(key)
+        cache = self._behaviours
+        entry = cache.young.get(key)
         if entry is None:
-            if len(self._behaviours) >= BEHAVIOUR_CACHE:
-                self._behaviours.clear()
-            obs = _observations_of(event)
-            entry = self._behaviours[key] = [obs, [None] * len(obs), -1, False]
+            entry = cache.old.pop(key, None)
+            if entry is None:
+                obs = _observations_of(event)
+                entry = [obs, [None] * len(obs), -1, False]
+            cache.put(key, entry)
         obs, refs = entry[0], entry[1]
         stats = self.stats
         if entry[2] != self._epoch:
@@ -384,7 +426,7 @@ class EvidenceShard:
                 episodes = stat[0] - (host == stat[5] and ts - stat[4] < EPISODE_GAP_S)
             if episodes > _WELL_KNOWN_EPISODES:
                 continue
-            ctx = contexts.get(o.rate_key)
+            ctx = stat[7] if stat is not None and o.own_rate else contexts.get(o.rate_key)
             novelty_rate = 0.5 if ctx is None else (ctx[1] + 1.0) / (ctx[0] + 2.0)
             s = (1.0 if episodes == 0 else 1.0 / ((1.0 + episodes) ** 2)) * (1.0 - novelty_rate)
             if s > 0.0:
@@ -401,7 +443,7 @@ class EvidenceShard:
         reasons = []
         for contribution, o, stat in parts[:4]:
             seen = "never seen" if stat is None else f"seen in {stat[0]} episode(s)"
-            reasons.append(f"{_describe(o)}: {seen} (+{contribution:.2f})")
+            reasons.append(f"{o.description}: {seen} (+{contribution:.2f})")
         known = self._nearest_known(parts)
         if known:
             reasons.append(known)
@@ -619,7 +661,7 @@ class EvidenceAlgorithm:
             "alert_rate": settings.target_alert_rate,
         }
         # Shared by this algorithm's shards (see EvidenceShard._compiled).
-        self.behaviours: dict[tuple, list] = {}
+        self.behaviours = BehaviourCache()
 
     @property
     def model(self) -> str:
