@@ -27,7 +27,7 @@ Timestamp = Annotated[float, msgspec.Meta(ge=0)]
 Severity = Literal["ok", "warn", "alert"]
 
 
-class RawEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class RawEvent(msgspec.Struct, frozen=True, omit_defaults=True):
     """One process event as published by an agent (DESIGN.md, raw event contract)."""
 
     ts: Timestamp
@@ -64,7 +64,7 @@ class RawEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         return f"{self.org_id}/{self.workload}"
 
 
-class ScoredEvent(RawEvent, frozen=True, kw_only=True, omit_defaults=False):
+class ScoredEvent(RawEvent, frozen=True, omit_defaults=False):
     """The raw event plus the verdict of the scoring engine."""
 
     score: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0

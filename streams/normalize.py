@@ -20,7 +20,9 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\bv?\d+(?:\.\d+){1,3}(?:[-+~][0-9A-Za-z.]+)?\b"), "<ver>"),
     (re.compile(r"\d+"), "<n>"),
 ]
-_ALNUM_RUN = re.compile(r"[A-Za-z0-9]{6,}")
+# Runs of 6+ letters and digits with at least two of each (the only ones _random_run
+# can change: filtering here spares a Python call per plain word).
+_ALNUM_RUN = re.compile(r"(?=[A-Za-z]*\d[A-Za-z]*\d)(?=\d*[A-Za-z]\d*[A-Za-z])[A-Za-z0-9]{6,}")
 _HEX_MIN = 5
 _DIGIT = re.compile(r"\d")
 
