@@ -145,3 +145,42 @@ def test_shell_scripts_are_split_into_commands() -> None:
     values = {(o.kind, o.value) for o in obs}
     assert ("prog", "sh:tar") in values and ("prog", "sh:nc") in values
     assert ("arg", "<ip>") in values
+
+
+def test_behaviour_cache_never_changes_a_score() -> None:
+    """The compiled-behaviour cache (stat references, the quiet fast path) is only a cache:
+    a cache that turns over every two behaviours scores exactly like a large one, across
+    day boundaries, expiry (2-day retention) and feedback."""
+    from streams.evidence import BehaviourCache
+
+    events = [msgspec.structs.replace(e, ts=T0 + i * 90.0) for i, e in enumerate(fleet_stream(pairs=3, per_pair=1500, seed=11))]
+    # A job that becomes well known in its first hour, then stays away past retention.
+    job = dict(process_name="backup", parent_process="cron", cmdline="backup --full /srv/data")
+    events += [event(ts=T0 + 60.0 * i, host=f"web-{i}", **job) for i in range(40)]
+    events += [event(ts=T0 + 3.5 * 86_400 + 60.0 * i, host=f"web-{i}", **job) for i in range(3)]
+    events.sort(key=lambda e: e.ts)
+    def run(limit: int) -> tuple[list[tuple[float, list[str]]], list[dict]]:
+        eng = engine(retention_days=2)
+        cache = eng.algorithm.behaviours = BehaviourCache(limit)  # type: ignore[attr-defined]
+        out = []
+        for i in range(0, len(events), 250):
+            out += [(s.score, s.reasons) for s in eng.score(events[i : i + 250])]
+            if i == 2000:
+                eng.feedback(events[i], "malicious")
+                eng.feedback(events[i + 1], "benign")
+        assert len(cache) <= 2 * limit
+        tables = [eng.shards[k].to_table().sort_by("key").to_pylist() for k in sorted(eng.shards)]
+        return out, tables
+    assert run(2) == run(1 << 16)
+
+
+def test_a_copied_shard_learns_on_its_own() -> None:
+    import copy
+
+    eng = trained()
+    shard = eng.shards["acme/web"]
+    saved = copy.deepcopy(shard)
+    probe = event(ts=T0 + 5000, process_name="bash", parent_process="nginx", cmdline="bash -i")
+    first = eng.score([probe])[0].score
+    eng.shards["acme/web"] = saved
+    assert eng.score([probe])[0].score == first  # the copy did not see the original's learning
