@@ -1,16 +1,18 @@
 """The Faust worker: raw topic in; scored, alerts and dead-letter topics out.
 
 Faust is used thinly: the agent takes micro-batches without auto-acks, decodes, hands the
-batch to the engine on a worker thread (never numpy or LanceDB on the event loop),
-publishes and waits for the broker's acknowledgement. Events are acked — and so become
+batch to the engine on a worker thread (never numpy or LanceDB on the event loop) and
+publishes through librdkafka; the next batch is scored while outputs are in flight, and
+each flush first waits for the broker to acknowledge all of them. Events are acked — and so become
 committable — only after their outputs are delivered *and* the learning they caused has
 been written to LanceDB by the periodic flush. That is at-least-once from raw to scored:
 a crash replays uncommitted events, which the new owner scores from the last flushed
 state; the sink's idempotency by event_id removes the copies.
 
 Learning is exactly-once (issue 5): scoring a batch and publishing its outputs is one
-step under a lock that the flush also takes, so flushed learning only ever includes
-events whose outputs the broker acknowledged; each shard's flush records the last
+step under a lock that the flush also takes, and the flush waits for every output's
+acknowledgement before it snapshots, so flushed learning only ever includes events whose
+outputs the broker acknowledged; each shard's flush records the last
 offset it learned, and a re-delivered event at or below it is skipped (it was scored,
 published and learned already). Events after it are scored from exactly the state the
 dead owner had before them, so a takeover gives the same scores as one worker would.
@@ -72,8 +74,8 @@ class ScoringAgent:
     """The work of one worker process, independent of how Faust delivers batches.
 
     Three threads of work: Faust's event loop (consume, decode, ack), the engine thread
-    (score a batch, publish its outputs with librdkafka and wait for the broker's acks —
-    one step, so nothing can see learning whose outputs are not delivered), and the
+    (score a batch and hand its outputs to librdkafka; before a snapshot of the learning,
+    wait for the broker's acks, so nothing stores learning whose outputs are not delivered), and the
     LanceDB thread (write flush snapshots, in the order they were taken, while scoring
     goes on). Outputs go through a confluent-kafka producer rather than Faust's topics:
     Faust's per-message send path capped a bare Faust agent at ~6,700 messages/s here,
@@ -99,6 +101,7 @@ class ScoringAgent:
         self._last_maintenance = time.monotonic()
         # Set when a batch or a write failed: nothing after it may be flushed or acked.
         self.failed = False
+        self._delivery_failures: list[str] = []
 
     async def _engine(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -143,31 +146,41 @@ class ScoringAgent:
     def _score_and_publish(
         self, events: list[RawEvent], positions: list[Position], dead: list[tuple[bytes | None, DeadLetter]]
     ) -> tuple[list[ScoredEvent], int]:
-        """(engine thread) Score, publish every output, return once the broker has
-        acknowledged all of them; raises :class:`ServiceError` if it did not."""
+        """(engine thread) Score and hand every output to librdkafka. Delivery is not
+        awaited here — the next batch is scored while this one is in flight — but before
+        any learning is snapshotted (see _snapshot); a failed delivery stops the worker."""
+        self._raise_on_failed_delivery()
         scored, skipped = self.service.score_new(events, positions) if events else ([], 0)
-        failures: list[str] = []
-
-        def delivered(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                failures.append(str(err))
-
         for key, letter in dead:
-            self._produce(self.topics.dead_letter, key, encode(letter), delivered)
+            self._produce(self.topics.dead_letter, key, encode(letter))
         for out in scored:
             key, value = out.shard_key.encode(), encode(out)
-            self._produce(self.topics.scored, key, value, delivered)
+            self._produce(self.topics.scored, key, value)
             if out.severity != "ok":
-                self._produce(self.topics.alerts, key, value, delivered)
-        left = self.producer.flush(DELIVERY_TIMEOUT_S)
-        if left or failures:
-            raise ServiceError(f"outputs not delivered: {left} unacknowledged, {len(failures)} failed {failures[:3]}")
+                self._produce(self.topics.alerts, key, value)
+        self.producer.poll(0)
         return scored, skipped
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes, on_delivery: Callable[..., None]) -> None:
+    def _delivered(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            self._delivery_failures.append(str(err))
+
+    def _raise_on_failed_delivery(self) -> None:
+        if self._delivery_failures:
+            raise ServiceError(f"outputs not delivered: {len(self._delivery_failures)} failed {self._delivery_failures[:3]}")
+
+    def _await_delivery(self) -> None:
+        """(engine thread) Return once the broker acknowledged every output produced so
+        far; raises :class:`ServiceError` if it did not."""
+        left = self.producer.flush(DELIVERY_TIMEOUT_S)
+        if left:
+            raise ServiceError(f"outputs not delivered: {left} unacknowledged after {DELIVERY_TIMEOUT_S:.0f}s")
+        self._raise_on_failed_delivery()
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
         while True:
             try:
-                self.producer.produce(topic, value, key, on_delivery=on_delivery)
+                self.producer.produce(topic, value, key, on_delivery=self._delivered)
                 return
             except BufferError:  # librdkafka's queue is full: let deliveries drain
                 self.producer.poll(0.05)
@@ -223,8 +236,10 @@ class ScoringAgent:
             await self._write(pending, done, compact)
 
     def _snapshot(self) -> tuple[PendingWrite, bool]:
-        """(engine thread) Prune expired behaviours when maintenance is due, then take
-        every shard's changes with its position."""
+        """(engine thread) Wait until every output so far is delivered (learning is never
+        stored ahead of the outputs it produced), prune expired behaviours when
+        maintenance is due, then take every shard's changes with its position."""
+        self._await_delivery()
         due = time.monotonic() - self._last_maintenance >= self.settings.lancedb.compact_interval_s
         if due:
             pruned = self.service.engine.prune()
