@@ -13,7 +13,6 @@ the one at exec time, not at publish time.
 from __future__ import annotations
 
 import os
-import pwd
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from agent.procfs import (
     real_uid_from_status,
     split_cmdline,
 )
+from agent.users import user_name
 
 DEFAULT_MAX_CMDLINE_BYTES = 32 * 1024
 # How long a parent's ancestor chain is reused (a parent renaming itself, e.g. by exec,
@@ -200,7 +200,6 @@ class Lineage:
 
     def __init__(self, proc_root: str | Path = "/proc", ttl_s: float = ANCESTORS_TTL_S) -> None:
         self._root = str(proc_root)
-        self._users: dict[int, str | None] = {}
         self._ttl = ttl_s
         self._recent: dict[int, tuple[float, list[str]]] = {}
 
@@ -236,12 +235,7 @@ class Lineage:
 
     def user(self, uid: int) -> str | None:
         """The user name of ``uid`` (cached), or None when it has no passwd entry."""
-        if uid not in self._users:
-            try:
-                self._users[uid] = pwd.getpwuid(uid).pw_name
-            except KeyError:
-                self._users[uid] = None
-        return self._users[uid]
+        return user_name(uid)
 
 
 __all__ = [

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import logging
 import os
-import pwd
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.capture import make_exec_id, stable_event_id
+from agent.users import user_name
 from agent.workload import WorkloadResolver
 from agent.workload import container_id_from_cgroup as container_id_from_cgroup  # re-exported
 from ruleless.settings import AgentSettings
@@ -180,7 +180,6 @@ class ProcfsBackend:
         self._boot_time = 0.0
         self._seen: set[tuple[int, int]] = set()
         self._pending: list[RawEvent] = []
-        self._users: dict[int, str | None] = {}
         self._started = False
         self._workloads = WorkloadResolver(agent)
 
@@ -304,7 +303,7 @@ class ProcfsBackend:
             pid=stat.pid,
             ppid=stat.ppid,
             uid=uid,
-            user=self._user(uid),
+            user=user_name(uid),
             process_name=stat.comm,
             exe=exe,
             cmdline=" ".join(argv),
@@ -327,13 +326,6 @@ class ProcfsBackend:
             return target[: -len(" (deleted)")], [FLAG_EXE_DELETED]
         return target, []
 
-    def _user(self, uid: int) -> str | None:
-        if uid not in self._users:
-            try:
-                self._users[uid] = pwd.getpwuid(uid).pw_name
-            except KeyError:
-                self._users[uid] = None
-        return self._users[uid]
 
 
 def _identities(table: dict[int, ProcStat]) -> list[tuple[int, int]]:

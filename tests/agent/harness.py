@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.capture import CaptureBackend
 from agent.run import run
 from ruleless.settings import Settings
 from schemas.events import RawEvent, decode
@@ -130,3 +131,17 @@ def exec_burst(marker: str, count: int, per_second: float | None = None) -> Burs
         if delay > 0:
             time.sleep(delay)
     return Burst(marker, count, time.monotonic() - started)
+
+
+def poll_until(
+    capture: CaptureBackend, done: Callable[[list[RawEvent]], bool], timeout: float = 5.0, interval: float = 0.05
+) -> list[RawEvent]:
+    """Every event ``capture`` reports until ``done(events)`` holds (or the timeout)."""
+    events: list[RawEvent] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events.extend(capture.poll())
+        if done(events):
+            break
+        time.sleep(interval)
+    return events

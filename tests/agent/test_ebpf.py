@@ -11,7 +11,7 @@ import struct
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -35,7 +35,7 @@ from agent.ebpf import (
 from ruleless.settings import AgentSettings, Settings
 from schemas.errors import CaptureError
 from schemas.events import RawEvent, decode, encode
-from tests.agent.harness import agent_thread, events_in, exec_burst, fast, settle, unavailable
+from tests.agent.harness import agent_thread, events_in, exec_burst, fast, poll_until, settle, unavailable
 
 AGENT = AgentSettings.model_validate({"org_id": "acme", "workload": "web-1", "host": "test-host"})
 MY_COMM = Path("/proc/self/comm").read_text().strip()
@@ -131,16 +131,8 @@ def backend() -> Iterator[EbpfBackend]:
         capture.stop()
 
 
-def gather(capture: EbpfBackend, done: object, timeout: float = 5.0) -> list[RawEvent]:
-    """Poll until ``done(events)`` holds (or the timeout)."""
-    events: list[RawEvent] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        events.extend(capture.poll())
-        if done(events):  # type: ignore[operator]
-            break
-        time.sleep(0.05)
-    return events
+def gather(capture: EbpfBackend, done: Callable[[list[RawEvent]], bool], timeout: float = 5.0) -> list[RawEvent]:
+    return poll_until(capture, done, timeout)
 
 
 def run_and_capture(capture: EbpfBackend, argv: list[str]) -> RawEvent:

@@ -26,7 +26,7 @@ from agent.netlink import (
 )
 from ruleless.settings import AgentSettings, Settings
 from schemas.events import RawEvent, decode, encode
-from tests.agent.harness import agent_thread, events_in, exec_burst, fast, require_root, settle, wait_for
+from tests.agent.harness import agent_thread, events_in, exec_burst, fast, poll_until, require_root, settle, wait_for
 
 AGENT = AgentSettings.model_validate({"org_id": "acme", "workload": "web-1", "host": "test-host"})
 ARGV = ["sh", "-c", "sleep 0.3; exit 0", "netlink test arg", "ünïcødé ✓"]
@@ -74,12 +74,7 @@ def backend() -> Iterator[NetlinkBackend]:
 
 def collect(capture: NetlinkBackend, until: int, timeout: float = 5.0) -> list[RawEvent]:
     """Poll until an event of pid ``until`` arrived (or the timeout)."""
-    events: list[RawEvent] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and until not in {e.pid for e in events}:
-        events.extend(capture.poll())
-        time.sleep(0.02)
-    return events
+    return poll_until(capture, lambda events: until in {e.pid for e in events}, timeout, interval=0.02)
 
 
 def test_backend_meets_the_capture_protocol() -> None:
