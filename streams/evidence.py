@@ -110,6 +110,9 @@ def _schema() -> pa.Schema:
     )
 
 
+_SCHEMA = _schema()
+
+
 class Observation:
     """One value seen in one context; ``key`` and ``ctx_key`` are built once."""
 
@@ -580,7 +583,8 @@ class EvidenceShard:
         for obs in self._touched.values():
             dirty.update(o.key for o in obs)
         self._touched = {}
-        keys = sorted(k for k in dirty if k in self.stats)
+        stats = self.stats
+        keys = [k for k in dirty if k in stats]
         upserts = self._rows(keys, meta=True) if keys or self._deleted else None
         changes = Changes(upserts=upserts, deletes=self._deleted)
         self._dirty = set()
@@ -591,19 +595,21 @@ class EvidenceShard:
         return self._rows(sorted(self.stats), meta=True)
 
     def _rows(self, keys: list[str], meta: bool) -> pa.Table:
-        cols: dict[str, list] = {name: [] for name in _schema().names}
-        for key in keys:
-            stat = self.stats[key]
-            kind, ctx, value = key.split(SEP, 2)
-            for name, v in zip(cols, (key, kind, ctx, value, *stat[:7])):
-                cols[name].append(v)
+        """Rows of ``keys`` (column by column: this runs on the scoring thread)."""
+        rows = [self.stats[k] for k in keys]
+        parts = [k.split(SEP, 2) for k in keys]
+        cols: dict[str, list] = {"key": list(keys)}
+        for i, name in enumerate(("kind", "ctx", "value")):
+            cols[name] = [p[i] for p in parts]
+        for i, name in enumerate(("episodes", "count", "first_ts", "last_ts", "ep_start", "ep_host", "label")):
+            cols[name] = [r[i] for r in rows]
         if meta:
             state = base64.b64encode(self.scores.tobytes()).decode()
             wm = self.watermark if math.isfinite(self.watermark) else 0.0
             row = (META_KEY, "meta", "", state, self.history, 0, 0.0, wm, self.thresholds[0], str(self.thresholds[1]), "")
-            for name, v in zip(cols, row):
+            for name, v in zip(_schema().names, row):
                 cols[name].append(v)
-        return pa.table(cols, schema=_schema())
+        return pa.table(cols, schema=_SCHEMA)
 
     @classmethod
     def load(cls, table: pa.Table, **params: Any) -> "EvidenceShard":
