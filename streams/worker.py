@@ -296,7 +296,11 @@ def create_app(settings: Settings) -> faust.App:
         producer_linger_ms=5,
         web_enabled=False,
         datadir=worker.data_dir,
-        stream_wait_empty=True,
+        # Events are acked only by our flushes: on stop, Faust waiting for every buffered
+        # event to be acked held a worker up to its kill timeout. We flush once more
+        # instead (on_before_shutdown); what stays unacked is re-read by the next owner,
+        # which skips what that flush stored (per-shard positions).
+        stream_wait_empty=False,
         broker_session_timeout=6.0,
         broker_heartbeat_interval=1.0,
         broker_rebalance_timeout=6.0,
@@ -335,6 +339,14 @@ def create_app(settings: Settings) -> faust.App:
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: faust.App, revoked: set[Any], **kwargs: Any) -> None:
         await agent_state.release_all()
+
+    @app.on_before_shutdown.connect
+    async def on_shutdown(sender: faust.App, **kwargs: Any) -> None:
+        try:
+            await agent_state.flush()
+            log.info("stopping: learning flushed to LanceDB")
+        except Exception:
+            log.exception("stopping: the last flush failed; the next owner re-scores from the previous one")
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: faust.App, assigned: set[Any], **kwargs: Any) -> None:

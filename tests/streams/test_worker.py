@@ -63,3 +63,31 @@ def test_worker_scores_like_the_offline_engine_and_dead_letters_bad_input(
     assert len(dead) == 1000
     assert all(d["reason"] and d["stage"] == "worker" and d["topic"] == t.raw for d in dead)
     assert any("org_id" in d["reason"] for d in dead)
+
+
+def test_sigterm_stops_the_worker_promptly_with_its_learning_stored(topics: Settings, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from streams.store import ShardStore
+
+    # No periodic flush during the test: only the one on shutdown can store the learning.
+    slow = topics.model_copy(update={"lancedb": topics.lancedb.model_copy(update={"flush_interval_s": 3600.0})})
+    events = fleet_stream(pairs=1, per_pair=300, seed=3)
+    with ruleless_process(slow, "worker", log=tmp_path / "worker.log") as proc:
+        prod = producer(slow.kafka)
+        for e in events:
+            prod.produce(slow.topics.raw, key=e.shard_key.encode(), value=encode(e))
+        assert prod.flush(60) == 0
+        got = drain(slow, [slow.topics.scored], lambda g: len(g[slow.topics.scored]) >= len(events))
+        assert len(got[slow.topics.scored]) == len(events)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        stopped_in = time.monotonic() - started
+    assert stopped_in < 15, f"worker took {stopped_in:.1f}s to stop"
+    loaded = ShardStore(slow.lancedb.uri).load_with_position(slow.engine.algorithm, events[0].shard_key)
+    assert loaded is not None
+    table, position = loaded
+    assert position is not None and position.offset == len(events) - 1
+    assert table.num_rows > 1
