@@ -119,6 +119,9 @@ class WorkerSettings(BaseModel):
     group_id: str = "ruleless-worker"
     batch_size: int = Field(2000, ge=1)
     batch_window_s: float = Field(0.2, gt=0)
+    # A shard without events for this long is written and dropped from memory (the next
+    # event reloads it from LanceDB); 0 keeps every shard a worker owns in memory.
+    idle_shard_s: float = Field(900.0, ge=0)
     metrics_port: int = 9464
     web_port: int = 6066
     data_dir: str = "data/faust"

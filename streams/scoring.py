@@ -45,6 +45,8 @@ class ScoringService:
         self._last_compact = time.monotonic()
         # Per shard in memory: the last input event its learning includes (stream only).
         self.positions: dict[str, Position] = {}
+        # Per shard in memory: when (monotonic) its learning last changed.
+        self.last_active: dict[str, float] = {}
 
     @property
     def algorithm(self) -> str:
@@ -74,11 +76,15 @@ class ScoringService:
             fresh.append(event)
             self.positions[key] = position
         scored = self.engine.score(fresh, time.time() if now is None else now) if fresh else []
+        active = time.monotonic()
+        for key in {e.shard_key for e in fresh}:
+            self.last_active[key] = active
         return scored, len(events) - len(fresh)
 
     def feedback(self, event: RawEvent, label: str) -> None:
         self._load(self.engine.missing([event]))
         self.engine.feedback(event, label)
+        self.last_active[event.shard_key] = time.monotonic()
 
     def _load(self, keys: Iterable[str]) -> None:
         for key in keys:
@@ -126,6 +132,11 @@ class ScoringService:
         for key in keys:
             self.engine.evict(key)
             self.positions.pop(key, None)
+            self.last_active.pop(key, None)
+
+    def idle_since(self, before: float) -> list[str]:
+        """Shards in memory whose learning has not changed since ``before`` (monotonic)."""
+        return [key for key in self.engine.shards if self.last_active.get(key, float("-inf")) < before]
 
     def maintain(self) -> None:
         """Prune expired entries and compact tables when the compaction interval is up."""

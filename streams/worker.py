@@ -232,8 +232,24 @@ class ScoringAgent:
                 if self.failed:
                     return
                 pending, compact = await self._engine(self._snapshot)
+                snapped = time.monotonic()
                 done, self._pending = self._pending, []
             await self._write(pending, done, compact)
+            await self._evict_idle(snapped)
+
+    async def _evict_idle(self, snapped: float) -> None:
+        """Drop shards idle for ``worker.idle_shard_s``: learning unchanged since long
+        before the snapshot just written, so LanceDB holds all of it."""
+        idle_s = self.settings.worker.idle_shard_s
+        if not idle_s:
+            return
+        async with self._lock:
+            if self.failed:
+                return
+            keys = await self._engine(self._evict_idle_now, snapped - idle_s)
+            if keys:
+                self.metrics.shards.set(len(self.service.engine.shards))
+                log.info("evicted %d idle shards (no events for %.0fs); the next event reloads them", len(keys), idle_s)
 
     def _snapshot(self) -> tuple[PendingWrite, bool]:
         """(engine thread) Wait until every output so far is delivered (learning is never
@@ -263,6 +279,12 @@ class ScoringAgent:
         self.metrics.shards.set(len(self.service.engine.shards))
         if shards:
             log.debug("flushed %d shards, acked %d events", shards, len(done))
+
+    def _evict_idle_now(self, before: float) -> list[str]:
+        """(engine thread, so no feedback can land between the check and the eviction)"""
+        keys = self.service.idle_since(before)
+        self.service.evict(keys)
+        return keys
 
     async def release_all(self) -> None:
         """On revocation: persist, then forget every shard so no stale state survives."""

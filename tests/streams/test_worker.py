@@ -91,3 +91,29 @@ def test_sigterm_stops_the_worker_promptly_with_its_learning_stored(topics: Sett
     table, position = loaded
     assert position is not None and position.offset == len(events) - 1
     assert table.num_rows > 1
+
+
+def test_idle_shards_are_dropped_from_memory_and_reload_exactly(topics: Settings, tmp_path: Path) -> None:
+    import time
+
+    idle = topics.model_copy(update={"worker": topics.worker.model_copy(update={"idle_shard_s": 1.0})})
+    events = fleet_stream(pairs=2, per_pair=400, seed=4)
+    half = len(events) // 2
+    t = idle.topics
+    with ruleless_process(idle, "worker", log=tmp_path / "worker.log"):
+        prod = producer(idle.kafka)
+        for e in events[:half]:
+            prod.produce(t.raw, key=e.shard_key.encode(), value=encode(e))
+        assert prod.flush(60) == 0
+        drain(idle, [t.scored], lambda g: len(g[t.scored]) >= half)
+        deadline = time.monotonic() + 30
+        while "evicted 2 idle shards" not in (tmp_path / "worker.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "evicted 2 idle shards" in (tmp_path / "worker.log").read_text()
+        for e in events[half:]:
+            prod.produce(t.raw, key=e.shard_key.encode(), value=encode(e))
+        assert prod.flush(60) == 0
+        got = drain(idle, [t.scored], lambda g: len(g[t.scored]) >= len(events))
+    scored = {s.event_id: s.score for s in map(decode_scored, got[t.scored])}
+    offline = ScoringService(idle.model_copy(update={"lancedb": idle.lancedb.model_copy(update={"uri": str(tmp_path / "offline")})}))
+    assert scored == {s.event_id: s.score for s in offline.score(events)}
