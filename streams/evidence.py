@@ -315,7 +315,8 @@ class EvidenceShard:
         self._deleted: list[str] = []
         # program -> (key, stat) of its most frequent argument template (reasons only).
         self._top_args: dict[str, tuple[str, list]] = {}
-        # behaviour -> [observations, their stats, epoch] (see _compiled)
+        # (shard uid, behaviour) -> [observations, their stats, epoch, quiet], shared by the
+        # algorithm's shards (see _compiled)
         self._behaviours = behaviours if behaviours is not None else BehaviourCache()
         self._uid = next(_shard_uids)
         self._epoch = 0
