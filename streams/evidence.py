@@ -608,7 +608,7 @@ class EvidenceShard:
             state = base64.b64encode(self.scores.tobytes()).decode()
             wm = self.watermark if math.isfinite(self.watermark) else 0.0
             row = (META_KEY, "meta", "", state, self.history, 0, 0.0, wm, self.thresholds[0], str(self.thresholds[1]), "")
-            for name, v in zip(_schema().names, row):
+            for name, v in zip(_SCHEMA.names, row):
                 cols[name].append(v)
         return pa.table(cols, schema=_SCHEMA)
 
