@@ -95,7 +95,7 @@ class Engine:
                     warn, alert = learned
                 else:
                     warn, alert = self.settings.warn, self.settings.alert
-                score = min(1.0, max(0.0, score))
+                score = float(min(1.0, max(0.0, score)))
                 # Positional: the raw event's fields, then the verdict's, in declaration order.
                 out[i] = ScoredEvent(
                     *astuple(events[i]),
