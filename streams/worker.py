@@ -366,7 +366,10 @@ def create_app(settings: Settings) -> faust.App:
     async def on_shutdown(sender: faust.App, **kwargs: Any) -> None:
         try:
             await agent_state.flush()
-            log.info("stopping: learning flushed to LanceDB")
+            if agent_state.failed:
+                log.warning("stopping after a failure: nothing flushed; the next owner re-scores from the last flush")
+            else:
+                log.info("stopping: learning flushed to LanceDB")
         except Exception:
             log.exception("stopping: the last flush failed; the next owner re-scores from the previous one")
 
