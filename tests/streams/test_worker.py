@@ -117,3 +117,28 @@ def test_idle_shards_are_dropped_from_memory_and_reload_exactly(topics: Settings
     scored = {s.event_id: s.score for s in map(decode_scored, got[t.scored])}
     offline = ScoringService(idle.model_copy(update={"lancedb": idle.lancedb.model_copy(update={"uri": str(tmp_path / "offline")})}))
     assert scored == {s.event_id: s.score for s in offline.score(events)}
+
+
+def test_learning_is_never_stored_ahead_of_undelivered_outputs(settings: Settings) -> None:
+    """Outputs are in flight while the next batch scores; the flush's snapshot waits for
+    them, and an output the broker never acknowledged stops the worker before any of
+    that learning reaches LanceDB (its successor re-scores the events)."""
+    import pytest
+
+    from ruleless.kafka import producer as make_producer
+    from schemas.errors import ServiceError
+    from streams.store import Position, ShardStore
+    from streams.worker import create_app
+
+    nowhere = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"bootstrap": "127.0.0.1:9"})})
+    agent = create_app(nowhere).ruleless  # type: ignore[attr-defined]
+    agent.producer = make_producer(nowhere.kafka, **{"message.timeout.ms": 1000})
+    events = fleet_stream(pairs=1, per_pair=20, seed=2)
+    positions = [Position("raw/0", i) for i in range(len(events))]
+    scored, _ = agent._score_and_publish(events[:10], positions[:10], [])
+    assert len(scored) == 10  # handed to librdkafka, not waited for
+    with pytest.raises(ServiceError, match="not delivered"):
+        agent._snapshot()
+    with pytest.raises(ServiceError, match="not delivered"):
+        agent._score_and_publish(events[10:], positions[10:], [])
+    assert ShardStore(nowhere.lancedb.uri).load_with_position(nowhere.engine.algorithm, events[0].shard_key) is None
