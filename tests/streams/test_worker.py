@@ -6,6 +6,8 @@ import json
 import random
 from pathlib import Path
 
+import pytest
+
 from ruleless.kafka import producer
 from ruleless.settings import Settings
 from schemas.events import decode_scored, encode
@@ -119,20 +121,20 @@ def test_idle_shards_are_dropped_from_memory_and_reload_exactly(topics: Settings
     assert scored == {s.event_id: s.score for s in offline.score(events)}
 
 
-def test_learning_is_never_stored_ahead_of_undelivered_outputs(settings: Settings) -> None:
+def test_learning_is_never_stored_ahead_of_undelivered_outputs(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """Outputs are in flight while the next batch scores; the flush's snapshot waits for
     them, and an output the broker never acknowledged stops the worker before any of
     that learning reaches LanceDB (its successor re-scores the events)."""
-    import pytest
-
     from ruleless.kafka import producer as make_producer
     from schemas.errors import ServiceError
     from streams.store import Position, ShardStore
-    from streams.worker import create_app
+    from streams import worker
 
+    # Outputs time out after 1 s; librdkafka's connection errors stay quiet.
+    monkeypatch.setattr(worker, "make_producer", lambda kafka, **extra: make_producer(
+        kafka, **{**extra, "message.timeout.ms": 1000, "log_level": 0}))
     nowhere = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"bootstrap": "127.0.0.1:9"})})
-    agent = create_app(nowhere).ruleless  # type: ignore[attr-defined]
-    agent.producer = make_producer(nowhere.kafka, **{"message.timeout.ms": 1000})
+    agent = worker.create_app(nowhere).ruleless  # type: ignore[attr-defined]
     events = fleet_stream(pairs=1, per_pair=20, seed=2)
     positions = [Position("raw/0", i) for i in range(len(events))]
     scored, _ = agent._score_and_publish(events[:10], positions[:10], [])
