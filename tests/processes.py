@@ -13,8 +13,9 @@ from pathlib import Path
 
 from confluent_kafka import Consumer
 
-from ruleless.kafka import consumer
+from ruleless.kafka import consumer, producer
 from ruleless.settings import Settings, child_env
+from schemas.events import RawEvent, encode
 
 RULELESS = str(Path(sys.executable).parent / "ruleless")
 
@@ -57,3 +58,24 @@ def drain(
     finally:
         cons.close()
     return got
+
+
+def produce_paced(
+    settings: Settings, events: list[RawEvent], rate: float,
+    stamp: Callable[[RawEvent], RawEvent] | None = None, every: int = 100,
+) -> float:
+    """Produce ``events`` to the raw topic at about ``rate``/s (``stamp`` rewrites each
+    one just before it is sent); returns the rate achieved."""
+    prod = producer(settings.kafka)
+    started = time.monotonic()
+    for i, e in enumerate(events):
+        if stamp is not None:
+            e = stamp(e)
+        prod.produce(settings.topics.raw, key=e.shard_key.encode(), value=encode(e))
+        if i % every == every - 1:
+            prod.poll(0)
+            ahead = started + (i + 1) / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+    assert prod.flush(60) == 0
+    return len(events) / (time.monotonic() - started)

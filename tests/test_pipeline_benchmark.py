@@ -32,7 +32,7 @@ from sinks.query import query_http
 from streams.scoring import ScoringService
 from streams.store import Position
 from tests.bench import fleet, record
-from tests.processes import ruleless_process
+from tests.processes import produce_paced, ruleless_process
 
 pytestmark = pytest.mark.bench
 
@@ -228,9 +228,9 @@ def test_produce_to_clickhouse_latency_benchmark(settings: Settings, stream: lis
     with ruleless_process(lat, "sink", log=tmp_path / "sink.log"), ruleless_process(lat, "worker", log=tmp_path / "worker.log"):
         wait_rows(lat, 0, 60)
         # Warm up: the worker joins its group and loads nothing yet (fresh shards).
-        produce_paced(lat, stream[total : total + 2000], 1000.0, prefix="warm")
+        produce_stamped(lat, stream[total : total + 2000], 1000.0, prefix="warm")
         wait_rows(lat, 2000, 120)
-        offered = produce_paced(lat, events, float(rate), prefix="lat")
+        offered = produce_stamped(lat, events, float(rate), prefix="lat")
         wait_rows(lat, total + 2000, 300)
         table = f"{lat.clickhouse.database}.{lat.clickhouse.table}"
         # First copy of each event: lat = produce -> visible; scoring = produce -> scored
@@ -253,20 +253,12 @@ def test_produce_to_clickhouse_latency_benchmark(settings: Settings, stream: lis
     record("latency", f"scored -> visible (sink) p50/p99 {at}", q["qk"][0], "s", "", f"p99 {q['qk'][1]:.2f} s")
 
 
-def produce_paced(settings: Settings, events: list[RawEvent], rate: float, prefix: str) -> float:
+def produce_stamped(settings: Settings, events: list[RawEvent], rate: float, prefix: str) -> float:
     """Produce at ``rate``/s, each event stamped with its produce time (ts) and an
     event_id starting with ``prefix``; returns the rate achieved."""
     import msgspec
 
-    prod = producer(settings.kafka)
-    started = time.monotonic()
-    for i, e in enumerate(events):
-        e = msgspec.structs.replace(e, ts=time.time(), event_id=f"{prefix}-{e.event_id}")
-        prod.produce(settings.topics.raw, key=e.shard_key.encode(), value=encode(e))
-        if i % 100 == 99:
-            prod.poll(0)
-            ahead = started + (i + 1) / rate - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
-    assert prod.flush(60) == 0
-    return len(events) / (time.monotonic() - started)
+    def stamp(e: RawEvent) -> RawEvent:
+        return msgspec.structs.replace(e, ts=time.time(), event_id=f"{prefix}-{e.event_id}")
+
+    return produce_paced(settings, events, rate, stamp=stamp)

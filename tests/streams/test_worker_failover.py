@@ -19,13 +19,12 @@ from typing import Any
 
 import pytest
 
-from ruleless.kafka import producer
 from ruleless.settings import Settings
-from schemas.events import RawEvent, encode
+from schemas.events import RawEvent
 from sinks.query import query_http
 from streams.scoring import ScoringService
 from tests.factories import fleet_stream
-from tests.processes import ruleless_process
+from tests.processes import produce_paced, ruleless_process
 
 pytestmark = pytest.mark.integration
 
@@ -60,19 +59,6 @@ def worker_settings(settings: Settings, name: str, tmp_path: Path) -> Settings:
     return settings.model_copy(update={"worker": worker})
 
 
-def produce_paced(settings: Settings, events: list[RawEvent], per_second: float) -> None:
-    prod = producer(settings.kafka)
-    started = time.monotonic()
-    for i, e in enumerate(events):
-        prod.produce(settings.topics.raw, key=e.shard_key.encode(), value=encode(e))
-        if i % 500 == 499:
-            prod.poll(0)
-            ahead = started + (i + 1) / per_second - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
-    assert prod.flush(60) == 0
-
-
 def offline_scores(settings: Settings, events: list[RawEvent], tmp_path: Path) -> dict[str, float]:
     lance = settings.lancedb.model_copy(update={"uri": str(tmp_path / "offline")})
     offline = ScoringService(settings.model_copy(update={"lancedb": lance}))
@@ -105,7 +91,7 @@ def test_sigkilled_worker_loses_nothing_and_scores_stay_exact(topics: Settings, 
                 if assignment(logs["b"]) and assignment(logs["a"]) else None,
             )
             assert shared[0] | shared[1] == {0, 1, 2, 3} and not shared[0] & shared[1], shared
-            feeder = threading.Thread(target=produce_paced, args=(topics, events, 3000.0))
+            feeder = threading.Thread(target=produce_paced, args=(topics, events, 3000.0), kwargs={"every": 500})
             feeder.start()
             # Mid-stream: both workers have scored and flushed part of their shards.
             wait_until("a third of the stream in ClickHouse", lambda: stored() >= n // 3, timeout=120)
