@@ -48,6 +48,7 @@ from agent.procfs import (
     container_id_from_cgroup,
     split_cmdline,
 )
+from agent.users import user_name
 from agent.workload import WorkloadResolver
 from ruleless.settings import AgentSettings
 from schemas.errors import CaptureError
@@ -489,7 +490,7 @@ class EbpfBackend:
             pid=record.pid,
             ppid=ppid,
             uid=record.uid,
-            user=self._lineage.user(record.uid),
+            user=user_name(record.uid),
             process_name=record.comm,
             exe=(info.exe if info is not None and info.exe else record.filename) or None,
             cmdline=" ".join(argv),
@@ -520,7 +521,7 @@ class EbpfBackend:
             pid=record.pid,
             ppid=base.ppid,
             uid=record.uid,
-            user=self._lineage.user(record.uid),
+            user=user_name(record.uid),
             # The process's name, not the calling thread's (e.g. librdkafka's "rdk:broker-1").
             process_name=base.process_name or record.comm,
             exe=base.exe,

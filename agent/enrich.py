@@ -15,6 +15,7 @@ import msgspec
 from agent.capture import make_exec_id, stable_event_id
 from agent.process import Lineage, ProcessInfo
 from agent.procfs import container_id_from_cgroup
+from agent.users import user_name
 from agent.workload import WorkloadResolver
 from ruleless.settings import AgentSettings
 from schemas.events import RawEvent
@@ -96,7 +97,7 @@ class Enricher:
             pid=stat.pid,
             ppid=parent,
             uid=info.uid,
-            user=self.lineage.user(info.uid),
+            user=user_name(info.uid),
             process_name=stat.comm,
             exe=info.exe,
             cmdline=" ".join(argv),

@@ -27,7 +27,6 @@ from agent.procfs import (
     real_uid_from_status,
     split_cmdline,
 )
-from agent.users import user_name
 
 DEFAULT_MAX_CMDLINE_BYTES = 32 * 1024
 # How long a parent's ancestor chain is reused (a parent renaming itself, e.g. by exec,
@@ -233,9 +232,6 @@ class Lineage:
             pid = stat.ppid
         return names
 
-    def user(self, uid: int) -> str | None:
-        """The user name of ``uid`` (cached), or None when it has no passwd entry."""
-        return user_name(uid)
 
 
 __all__ = [

@@ -14,7 +14,7 @@ An algorithm owns the state of a shard (one (org_id, workload) baseline). Its co
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 import pyarrow as pa

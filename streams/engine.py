@@ -15,7 +15,7 @@ from threadpoolctl import threadpool_limits
 
 from ruleless.settings import EngineSettings
 from schemas.events import RawEvent, ScoredEvent
-from streams.algorithm import Algorithm, Changes, ShardModel, Verdict, make_algorithm
+from streams.algorithm import Algorithm, Changes, ShardModel, make_algorithm
 
 _blas_limited = False
 # Engine.score builds scored events positionally (a third of the cost of keywords).

@@ -26,7 +26,7 @@ from agent.netlink import (
 )
 from ruleless.settings import AgentSettings, Settings
 from schemas.events import RawEvent, decode, encode
-from tests.agent.harness import agent_thread, events_in, exec_burst, fast, poll_until, require_root, settle, wait_for
+from tests.agent.harness import agent_thread, events_in, exec_burst, fast, poll_until, require_root, settle
 
 AGENT = AgentSettings.model_validate({"org_id": "acme", "workload": "web-1", "host": "test-host"})
 ARGV = ["sh", "-c", "sleep 0.3; exit 0", "netlink test arg", "ünïcødé ✓"]

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from agent.process import Lineage, finish, grab, read_process
+from agent.users import user_name
 
 
 def test_read_process_of_self() -> None:
@@ -42,4 +43,4 @@ def test_lineage_walks_up_from_the_parent() -> None:
     names = lineage.ancestors(os.getpid())
     assert names[0] == Path("/proc/self/comm").read_text().strip() and len(names) <= 4
     assert lineage.ancestors(0) == []
-    assert lineage.user(0) == "root" and lineage.user(987654) is None
+    assert user_name(0) == "root" and user_name(987654) is None
