@@ -49,7 +49,7 @@ import itertools
 from array import array
 import ipaddress
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -236,20 +236,33 @@ def _featurize(
     return tuple(out)
 
 
-def _arg_observations(program: str, args: Sequence[str], scale: float) -> Iterator[Observation]:
+def _arg_observations(program: str, args: Sequence[str], scale: float) -> list[Observation]:
     """The argument list as a whole, each argument, and the directories it names.
 
     A new argument is judged by how often the program's whole argument list is new (a
     compiler sees new file names every build; a web server never does); a directory the
     program never touched is judged on its own, since directories are stable.
     """
-    tokens = [normalize_token(a) for a in args[:MAX_ARGS]]
-    yield _observation("args", program, " ".join(tokens), WEIGHTS["args"] * scale)
-    for token in dict.fromkeys(tokens):
-        if token:
-            yield _observation("arg", program, token, WEIGHTS["arg"] * scale, "args")
-    for directory in dict.fromkeys(d for d in map(_directory, tokens) if d):
-        yield _observation("path", program, directory, WEIGHTS["path"] * scale)
+    parsed = [_argument(a) for a in args[:MAX_ARGS]]
+    out = [_observation("args", program, " ".join([p[0] for p in parsed]), WEIGHTS["args"] * scale)]
+    weight, seen = WEIGHTS["arg"] * scale, set()
+    for token, _ in parsed:
+        if token and token not in seen:
+            seen.add(token)
+            out.append(_observation("arg", program, token, weight, "args"))
+    weight, seen = WEIGHTS["path"] * scale, set()
+    for _, directory in parsed:
+        if directory and directory not in seen:
+            seen.add(directory)
+            out.append(_observation("path", program, directory, weight))
+    return out
+
+
+@lru_cache(maxsize=1 << 17)
+def _argument(arg: str) -> tuple[str, str]:
+    """An argument normalised, and the directory it names (or "")."""
+    token = normalize_token(arg)
+    return token, _directory(token)
 
 
 def _directory(token: str) -> str:
