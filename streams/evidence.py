@@ -51,6 +51,7 @@ import ipaddress
 import math
 from collections.abc import Sequence
 from functools import lru_cache
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -244,7 +245,8 @@ def _arg_observations(program: str, args: Sequence[str], scale: float) -> list[O
     program never touched is judged on its own, since directories are stable.
     """
     parsed = [_argument(a) for a in args[:MAX_ARGS]]
-    out = [_observation("args", program, " ".join([p[0] for p in parsed]), WEIGHTS["args"] * scale)]
+    # (Not interned: an argument list is nearly unique to its behaviour.)
+    out = [Observation("args", program, " ".join([p[0] for p in parsed]), WEIGHTS["args"] * scale)]
     weight, seen = WEIGHTS["arg"] * scale, set()
     for token, _ in parsed:
         if token and token not in seen:
@@ -326,7 +328,7 @@ class EvidenceShard:
         # on every event would cost more than the learning itself.
         self._touched: dict[int, tuple[Observation, ...]] = {}
         self._deleted: list[str] = []
-        # program -> (key, stat) of its most frequent argument template (reasons only).
+        # program -> (key, stat) of its argument template seen in most episodes (reasons only).
         self._top_args: dict[str, tuple[str, list]] = {}
         # (shard uid, behaviour) -> [observations, their stats, epoch, quiet], shared by the
         # algorithm's shards (see _compiled)
@@ -360,12 +362,10 @@ class EvidenceShard:
                 # The hot path: a behaviour whose every part is well known.
                 out.append(Verdict(0.0, ["known behaviour"], self.history, self.thresholds))
                 self.history += 1
-                for o, stat in zip(obs, stats):
+                for stat in stats:
                     stat[1] += 1
                     if ts > stat[3]:
                         stat[3] = ts
-                    if o.is_args:
-                        self._note_top_args(o, stat)
                 score = 0.0
             else:
                 score, reasons, entry[3] = self._score(obs, stats, ts, event.host)
@@ -402,7 +402,7 @@ class EvidenceShard:
             entry[1] = [stats.get(o.key) for o in obs]
             entry[2] = self._epoch
             entry[3] = False
-        elif None in refs:
+        elif not entry[3] and None in refs:  # (a quiet behaviour has every stat)
             for i, ref in enumerate(refs):
                 if ref is None:
                     refs[i] = stats.get(obs[i].key)
@@ -456,7 +456,7 @@ class EvidenceShard:
     def _reasons(self, parts: list[tuple[float, Observation, list | None]], score: float) -> list[str]:
         if not parts or score < 0.05:
             return ["known behaviour"] if self.stats else ["nothing learned yet for this workload"]
-        parts.sort(key=lambda p: -p[0])
+        parts.sort(key=itemgetter(0), reverse=True)  # stable: ties keep observation order
         reasons = []
         for contribution, o, stat in parts[:4]:
             seen = "never seen" if stat is None else f"seen in {stat[0]} episode(s)"
@@ -498,8 +498,6 @@ class EvidenceShard:
                 stat[1] += 1
                 if ts > stat[3]:
                     stat[3] = ts
-                if o.is_args:
-                    self._note_top_args(o, stat)
                 if stat[0] > _WELL_KNOWN_EPISODES and not (bonus or label):
                     # Episodes saturate: past this, more cannot make the value itself
                     # less surprising, and its context's novelty rate is already low.
@@ -512,8 +510,12 @@ class EvidenceShard:
                 elif bonus:
                     stat[0] += bonus
                     stat[7][0] += bonus
+                elif not label:
+                    continue
                 if label:
                     stat[6] = label
+                if o.is_args:
+                    self._note_top_args(o, stat)
             else:
                 ctx = contexts.get(o.ctx_key)
                 if ctx is None:
@@ -530,9 +532,11 @@ class EvidenceShard:
                     self._note_top_args(o, stat)
 
     def _note_top_args(self, o: Observation, stat: list) -> None:
-        """Keep the most frequent argument template of each program (for reasons)."""
+        """Keep the argument template of each program seen in the most episodes (for
+        reasons). Called when episodes change, not on every sighting: that would cost a
+        call per event for a text only alerts show."""
         top = self._top_args.get(o.ctx)
-        if top is None or top[1] is not stat and stat[1] > top[1][1]:
+        if top is None or top[1] is not stat and stat[0] > top[1][0]:
             self._top_args[o.ctx] = (o.key, stat)
 
     def _derive_thresholds(self) -> tuple[float, float]:
@@ -647,7 +651,7 @@ class EvidenceShard:
             if cols["kind"][i] == "args":
                 program = cols["ctx"][i]
                 top = shard._top_args.get(program)
-                if top is None or stat[1] > top[1][1]:
+                if top is None or stat[0] > top[1][0]:
                     shard._top_args[program] = (key, stat)
         return shard
 

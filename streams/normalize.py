@@ -12,17 +12,20 @@ import re
 import shlex
 from functools import lru_cache
 
-_RULES: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"), "<uuid>"),
-    (re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[T_ ]\d{2}[:\-]?\d{2}(?:[:\-]?\d{2})?(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})?)?\b"), "<date>"),
-    (re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b"), "<ip>"),
-    (re.compile(r"\b[0-9a-fA-F]*(?:[0-9][a-fA-F]|[a-fA-F][0-9])[0-9a-fA-F]*\b"), "<hex>"),
-    (re.compile(r"\bv?\d+(?:\.\d+){1,3}(?:[-+~][0-9A-Za-z.]+)?\b"), "<ver>"),
-    (re.compile(r"\d+"), "<n>"),
+# (pattern, placeholder, a substring every match contains: the rule is skipped without it)
+_RULES: list[tuple[re.Pattern[str], str, str]] = [
+    (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"), "<uuid>", "-"),
+    (re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[T_ ]\d{2}[:\-]?\d{2}(?:[:\-]?\d{2})?(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})?)?\b"), "<date>", "-"),
+    (re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b"), "<ip>", "."),
+    (re.compile(r"\b[0-9a-f]*(?:[0-9][a-f]|[a-f][0-9])[0-9a-f]*\b"), "<hex>", ""),
+    (re.compile(r"\bv?\d+(?:\.\d+){1,3}(?:[-+~][0-9a-z.]+)?\b"), "<ver>", "."),
+    (re.compile(r"\d+"), "<n>", ""),
 ]
-# Runs of 6+ letters and digits with at least two of each (the only ones _random_run
-# can change: filtering here spares a Python call per plain word).
-_ALNUM_RUN = re.compile(r"(?=[A-Za-z]*\d[A-Za-z]*\d)(?=\d*[A-Za-z]\d*[A-Za-z])[A-Za-z0-9]{6,}")
+# Whole runs of 6+ letters and digits with at least two of each (the only ones
+# _random_run can change: filtering here spares a Python call per plain word). The
+# lookbehind makes a position inside a run fail at once instead of re-running the
+# lookaheads from every character.
+_ALNUM_RUN = re.compile(r"(?<![A-Za-z0-9])(?=[A-Za-z]*\d[A-Za-z]*\d)(?=\d*[A-Za-z]\d*[A-Za-z])[A-Za-z0-9]{6,}")
 _HEX_MIN = 5
 _DIGIT = re.compile(r"\d")
 
@@ -48,11 +51,10 @@ def normalize_token(token: str) -> str:
     if _DIGIT.search(token) is None and token.count("-") < 4:
         return token.lower()  # every rule needs a digit, except a digit-free uuid
     out = _ALNUM_RUN.sub(_random_run, token).lower()
-    for pattern, placeholder in _RULES:
-        if placeholder == "<hex>":
-            out = pattern.sub(_hex_ok, out)
-        else:
-            out = pattern.sub(placeholder, out)
+    for pattern, placeholder, needs in _RULES:
+        if needs not in out:
+            continue
+        out = pattern.sub(_hex_ok if placeholder == "<hex>" else placeholder, out)
     return out
 
 
