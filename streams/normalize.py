@@ -48,6 +48,15 @@ def _hex_ok(match: re.Match[str]) -> str:
 @lru_cache(maxsize=1 << 16)
 def normalize_token(token: str) -> str:
     """One argument with its volatile parts replaced; lower-cased."""
+    if "/" in token:
+        # No rule matches across a "/", so a path is normalised a component at a time:
+        # directories repeat across many paths and each is worked out once.
+        return "/".join(map(_normalize_part, token.split("/")))
+    return _normalize_part(token)
+
+
+@lru_cache(maxsize=1 << 16)
+def _normalize_part(token: str) -> str:
     if _DIGIT.search(token) is None and token.count("-") < 4:
         return token.lower()  # every rule needs a digit, except a digit-free uuid
     out = _ALNUM_RUN.sub(_random_run, token).lower()
