@@ -13,11 +13,15 @@ import shlex
 from functools import lru_cache
 
 # (pattern, placeholder, a substring every match contains: the rule is skipped without it)
+# Identifiers first, on the original case: a uuid or a hash is not a mktemp name.
+_IDS: list[tuple[re.Pattern[str], str, str]] = [
+    (re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"), "<uuid>", "-"),
+    (re.compile(r"\b[0-9a-fA-F]*(?:[0-9][a-fA-F]|[a-fA-F][0-9])[0-9a-fA-F]*\b"), "<hex>", ""),
+]
+# Then, lower-cased, the values that are left.
 _RULES: list[tuple[re.Pattern[str], str, str]] = [
-    (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"), "<uuid>", "-"),
-    (re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[T_ ]\d{2}[:\-]?\d{2}(?:[:\-]?\d{2})?(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})?)?\b"), "<date>", "-"),
+    (re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[t_ ]\d{2}[:\-]?\d{2}(?:[:\-]?\d{2})?(?:\.\d+)?(?:z|[+-]\d{2}:?\d{2})?)?\b"), "<date>", "-"),
     (re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b"), "<ip>", "."),
-    (re.compile(r"\b[0-9a-f]*(?:[0-9][a-f]|[a-f][0-9])[0-9a-f]*\b"), "<hex>", ""),
     (re.compile(r"\bv?\d+(?:\.\d+){1,3}(?:[-+~][0-9a-z.]+)?\b"), "<ver>", "."),
     (re.compile(r"\d+"), "<n>", ""),
 ]
@@ -42,7 +46,9 @@ def _random_run(match: re.Match[str]) -> str:
 
 
 def _hex_ok(match: re.Match[str]) -> str:
-    return "<hex>" if len(match.group(0)) >= _HEX_MIN else match.group(0)
+    """Hashes and ids are one case; mixed-case hex-looking runs are mktemp names."""
+    run = match.group(0)
+    return "<hex>" if len(run) >= _HEX_MIN and (run.islower() or run.isupper()) else run
 
 
 @lru_cache(maxsize=1 << 16)
@@ -59,11 +65,14 @@ def normalize_token(token: str) -> str:
 def _normalize_part(token: str) -> str:
     if _DIGIT.search(token) is None and token.count("-") < 4:
         return token.lower()  # every rule needs a digit, except a digit-free uuid
-    out = _ALNUM_RUN.sub(_random_run, token).lower()
+    out = token
+    for pattern, placeholder, needs in _IDS:
+        if needs in out:
+            out = pattern.sub(_hex_ok if placeholder == "<hex>" else placeholder, out)
+    out = _ALNUM_RUN.sub(_random_run, out).lower()
     for pattern, placeholder, needs in _RULES:
-        if needs not in out:
-            continue
-        out = pattern.sub(_hex_ok if placeholder == "<hex>" else placeholder, out)
+        if needs in out:
+            out = pattern.sub(placeholder, out)
     return out
 
 
