@@ -9,6 +9,10 @@ event batches on one core:
 * **warm** — the next 6,000 per shard on those baselines: mostly repeats, and the
   long tail still brings new behaviours.
 
+The stream runs three times, each on a new engine with the process's featurisation
+caches emptied; the best run of each phase is reported, the median in its note (the
+machine is shared: other tenants only ever slow a run down).
+
 The article's pattern (one LanceDB k=10 search + one `add` per event, one row per
 event) is too slow to run on the whole stream: it is measured on samples of one shard's
 events against tables of the sizes that shard's table goes through in the cold phase
@@ -17,6 +21,7 @@ events against tables of the sizes that shard's table goes through in the cold p
 
 from __future__ import annotations
 
+import gc
 import os
 import statistics
 import time
@@ -30,6 +35,8 @@ import pytest
 
 from ruleless.settings import EngineSettings
 from schemas.events import RawEvent
+from streams import evidence, featurize, normalize
+from streams import seed as seed_algorithm
 from streams.engine import Engine
 from streams.featurize import normalised, seed_tokens, seed_vector
 from tests.bench import batches, fleet, record
@@ -39,6 +46,7 @@ pytestmark = pytest.mark.bench
 SHARDS, PER_SHARD, BEHAVIOURS = 100, 12_000, 10_000
 COLD = PER_SHARD // 2  # events per shard in the cold phase
 SAMPLE = 120  # per-event LanceDB operations measured per table size
+RUNS = 3
 
 
 @pytest.fixture(scope="module")
@@ -83,21 +91,41 @@ def repeats(events: list[RawEvent], seen: set[tuple[str, str, str]]) -> int:
     return count
 
 
+def empty_caches() -> None:
+    """Empty the process-wide featurisation caches, as in a freshly started worker."""
+    for module in (normalize, featurize, seed_algorithm, evidence):
+        for value in vars(module).values():
+            if callable(getattr(value, "cache_clear", None)):
+                value.cache_clear()
+
+
 @pytest.mark.parametrize("algorithm", ["seed", "evidence"])
 def test_engine_benchmark(stream: list[RawEvent], algorithm: str) -> None:
-    engine = Engine(EngineSettings(algorithm=algorithm))
-    seen: set[tuple[str, str, str]] = set()
-    for phase, events in zip(("cold", "warm"), split(stream)):
-        rate, scores = timed(engine, events)
-        before = len(seen)
-        repeated = repeats(events, seen)
-        if algorithm == "seed":
-            # Exact repeats score 0 in the seed (nearest known behaviour at distance 0).
-            assert sum(s == 0.0 for s in scores) >= repeated
-        record("engine", f"{algorithm} events/s, {phase} (1 core)", rate, "events/s", ">= 50,000",
-               f"{len(events):,} events over {len(engine.shards)} shards; {repeated / len(events):.0%} exact repeats; "
-               f"{(len(seen) - before) / SHARDS:,.0f} new behaviours/shard, {len(seen) / SHARDS:,.0f} known after")
-    assert len(engine.shards) == SHARDS
+    # The whole stream runs RUNS times, each on a new engine with empty caches; the best
+    # run of each phase is the figure (this machine is shared: others only slow it down).
+    rates: dict[str, list[float]] = {"cold": [], "warm": []}
+    notes: dict[str, str] = {}
+    for _ in range(RUNS):
+        empty_caches()
+        engine = Engine(EngineSettings(algorithm=algorithm))
+        seen: set[tuple[str, str, str]] = set()
+        for phase, events in zip(("cold", "warm"), split(stream)):
+            rate, scores = timed(engine, events)
+            rates[phase].append(rate)
+            before = len(seen)
+            repeated = repeats(events, seen)
+            if algorithm == "seed":
+                # Exact repeats score 0 in the seed (nearest known behaviour at distance 0).
+                assert sum(s == 0.0 for s in scores) >= repeated
+            notes[phase] = (
+                f"{len(events):,} events over {len(engine.shards)} shards; {repeated / len(events):.0%} exact repeats; "
+                f"{(len(seen) - before) / SHARDS:,.0f} new behaviours/shard, {len(seen) / SHARDS:,.0f} known after")
+        assert len(engine.shards) == SHARDS
+        del engine
+        gc.collect()
+    for phase, runs in rates.items():
+        record("engine", f"{algorithm} events/s, {phase} (1 core)", max(runs), "events/s", ">= 50,000",
+               f"best of {RUNS} runs (median {statistics.median(runs):,.0f}); {notes[phase]}")
 
 
 def _lance_rows(vectors: np.ndarray, start: int) -> pa.Table:
