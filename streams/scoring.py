@@ -68,16 +68,18 @@ class ScoringService:
         """
         self._load(self.engine.missing(events))
         fresh: list[RawEvent] = []
+        touched: set[str] = set()
         for event, position in zip(events, positions, strict=True):
             key = event.shard_key
             known = self.positions.get(key)
             if known is not None and known.covers(position.source, position.offset):
                 continue
             fresh.append(event)
+            touched.add(key)
             self.positions[key] = position
         scored = self.engine.score(fresh, time.time() if now is None else now) if fresh else []
         active = time.monotonic()
-        for key in {e.shard_key for e in fresh}:
+        for key in touched:
             self.last_active[key] = active
         return scored, len(events) - len(fresh)
 
