@@ -11,14 +11,10 @@ from __future__ import annotations
 import re
 import shlex
 from functools import lru_cache
+from collections.abc import Callable
 
 # (pattern, placeholder, a substring every match contains: the rule is skipped without it)
-# Identifiers first, on the original case: a uuid or a hash is not a mktemp name.
-_IDS: list[tuple[re.Pattern[str], str, str]] = [
-    (re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"), "<uuid>", "-"),
-    (re.compile(r"\b[0-9a-fA-F]*(?:[0-9][a-fA-F]|[a-fA-F][0-9])[0-9a-fA-F]*\b"), "<hex>", ""),
-]
-# Then, lower-cased, the values that are left.
+# Applied lower-cased, after the identifiers (_IDS) and mktemp names.
 _RULES: list[tuple[re.Pattern[str], str, str]] = [
     (re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[t_ ]\d{2}[:\-]?\d{2}(?:[:\-]?\d{2})?(?:\.\d+)?(?:z|[+-]\d{2}:?\d{2})?)?\b"), "<date>", "-"),
     (re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b"), "<ip>", "."),
@@ -51,6 +47,13 @@ def _hex_ok(match: re.Match[str]) -> str:
     return "<hex>" if len(run) >= _HEX_MIN and (run.islower() or run.isupper()) else run
 
 
+# Identifiers first, on the original case: a uuid or a hash is not a mktemp name.
+_IDS: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str], str]] = [
+    (re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"), "<uuid>", "-"),
+    (re.compile(r"\b[0-9a-fA-F]*(?:[0-9][a-fA-F]|[a-fA-F][0-9])[0-9a-fA-F]*\b"), _hex_ok, ""),
+]
+
+
 @lru_cache(maxsize=1 << 16)
 def normalize_token(token: str) -> str:
     """One argument with its volatile parts replaced; lower-cased."""
@@ -68,7 +71,7 @@ def _normalize_part(token: str) -> str:
     out = token
     for pattern, placeholder, needs in _IDS:
         if needs in out:
-            out = pattern.sub(_hex_ok if placeholder == "<hex>" else placeholder, out)
+            out = pattern.sub(placeholder, out)
     out = _ALNUM_RUN.sub(_random_run, out).lower()
     for pattern, placeholder, needs in _RULES:
         if needs in out:
