@@ -29,8 +29,7 @@ def producer(kafka: KafkaSettings, **extra: Any) -> Producer:
     return Producer(conf)
 
 
-def consumer(kafka: KafkaSettings, group_id: str, **extra: Any) -> Consumer:
-    """A consumer that never auto-commits: callers commit after their output is safe."""
+def consumer_config(kafka: KafkaSettings, group_id: str, **extra: Any) -> dict[str, Any]:
     conf = kafka.confluent_config()
     conf.update(
         {
@@ -39,10 +38,16 @@ def consumer(kafka: KafkaSettings, group_id: str, **extra: Any) -> Consumer:
             "auto.offset.reset": "earliest",
             "session.timeout.ms": 6000,
             "heartbeat.interval.ms": 1000,
+            "fetch.wait.max.ms": kafka.fetch_wait_max_ms,
         }
     )
     conf.update(extra)
-    return Consumer(conf)
+    return conf
+
+
+def consumer(kafka: KafkaSettings, group_id: str, **extra: Any) -> Consumer:
+    """A consumer that never auto-commits: callers commit after their output is safe."""
+    return Consumer(consumer_config(kafka, group_id, **extra))
 
 
 def ensure_topics(kafka: KafkaSettings, topics: TopicSettings, names: list[str] | None = None, timeout: float = 30.0) -> None:

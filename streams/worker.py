@@ -38,6 +38,7 @@ from ruleless.metrics import WorkerMetrics, serve_metrics
 from ruleless.settings import Settings
 from schemas.errors import DecodeError, ServiceError
 from schemas.events import DeadLetter, RawEvent, ScoredEvent, decode, decode_feedback, encode
+from streams import faust_transport
 from streams.scoring import PendingWrite, ScoringService
 from streams.store import Position
 
@@ -51,7 +52,8 @@ DELIVERY_TIMEOUT_S = 60.0
 def faust_broker_options(settings: Settings) -> dict[str, Any]:
     """Faust (aiokafka) connection options from the shared Kafka settings."""
     kafka = settings.kafka
-    opts: dict[str, Any] = {"broker": ";".join(f"kafka://{h}" for h in kafka.bootstrap.split(","))}
+    faust_transport.register()
+    opts: dict[str, Any] = {"broker": ";".join(f"{faust_transport.SCHEME}://{h}" for h in kafka.bootstrap.split(","))}
     if kafka.security_protocol != "PLAINTEXT":
         import ssl
 
@@ -327,6 +329,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=1.0,
         broker_rebalance_timeout=6.0,
     )
+    app.fetch_wait_max_ms = settings.kafka.fetch_wait_max_ms  # type: ignore[attr-defined]  # (see faust_transport)
     metrics = WorkerMetrics()
     agent_state = ScoringAgent(settings, app, metrics)
     raw = app.topic(settings.topics.raw, key_type=bytes, value_type=bytes)

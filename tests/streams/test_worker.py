@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ruleless.kafka import producer
+from ruleless.kafka import consumer_config, producer
 from ruleless.settings import Settings
 from schemas.events import decode_scored, encode
 from streams.scoring import ScoringService
@@ -144,3 +144,29 @@ def test_learning_is_never_stored_ahead_of_undelivered_outputs(settings: Setting
     with pytest.raises(ServiceError, match="not delivered"):
         agent._score_and_publish(events[10:], positions[10:], [])
     assert ShardStore(nowhere.lancedb.uri).load_with_position(nowhere.engine.algorithm, events[0].shard_key) is None
+
+
+def test_faust_consumer_waits_on_fetches_as_configured(settings: Settings) -> None:
+    """Faust fixes aiokafka's fetch wait at 1.5 s; the worker's transport uses ours (a
+    broker that holds fetches for the whole wait put it on every event's latency)."""
+    import asyncio
+
+    from streams import faust_transport
+    from streams.worker import create_app
+
+    configured = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"fetch_wait_max_ms": 77})})
+    app = create_app(configured)
+    assert isinstance(app.transport, faust_transport.Transport)
+
+    async def built() -> tuple[int, list[str]]:
+        consumer = app.consumer._thread._create_worker_consumer(app.transport)
+        try:
+            return consumer._fetch_max_wait_ms, consumer._client._bootstrap_servers
+        finally:
+            await consumer.stop()
+
+    wait_ms, servers = asyncio.run(built())
+    assert wait_ms == 77
+    assert servers == configured.kafka.bootstrap.split(",")
+    # The confluent-kafka consumers (sink, alerts) too.
+    assert consumer_config(configured.kafka, "g")["fetch.wait.max.ms"] == 77
