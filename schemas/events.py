@@ -27,8 +27,13 @@ Timestamp = Annotated[float, msgspec.Meta(ge=0)]
 Severity = Literal["ok", "warn", "alert"]
 
 
-class RawEvent(msgspec.Struct, frozen=True, omit_defaults=True):
-    """One process event as published by an agent (DESIGN.md, raw event contract)."""
+class RawEvent(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
+    """One process event as published by an agent (DESIGN.md, raw event contract).
+
+    ``gc=False``: events only hold strings and lists of strings, so they can never be
+    part of a reference cycle, and a batch of thousands of them (and of their scored
+    copies) is otherwise walked by every young-generation collection while it is alive.
+    """
 
     ts: Timestamp
     org_id: SafeName
@@ -64,7 +69,7 @@ class RawEvent(msgspec.Struct, frozen=True, omit_defaults=True):
         return f"{self.org_id}/{self.workload}"
 
 
-class ScoredEvent(RawEvent, frozen=True, omit_defaults=False):
+class ScoredEvent(RawEvent, frozen=True, omit_defaults=False, gc=False):
     """The raw event plus the verdict of the scoring engine."""
 
     score: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
