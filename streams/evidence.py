@@ -321,6 +321,8 @@ class EvidenceShard:
         self.contexts: dict[str, list[int]] = {}
         self.history = 0
         self.watermark = float("-inf")
+        # The watermark's next day boundary (-inf: not known yet; see _advance_clock).
+        self._next_day = float("-inf")
         self.scores = array("H", bytes(2 * SCORE_WINDOW))
         self.thresholds = (warn, alert)
         self._dirty: set[str] = set()
@@ -355,7 +357,10 @@ class EvidenceShard:
         for event in events:
             ts = event.ts
             if ts > self.watermark:
-                self._advance_clock(ts)
+                if ts >= self._next_day:
+                    self._advance_clock(ts)
+                else:
+                    self.watermark = ts
             entry = self._compiled(event)
             obs, stats = entry[0], entry[1]
             if entry[3]:
@@ -409,11 +414,13 @@ class EvidenceShard:
         return entry
 
     def _advance_clock(self, ts: float) -> None:
+        """Move event time to ``ts``; crossing a day boundary expires old behaviours."""
         now = max(self.watermark, ts)
         if math.isfinite(self.watermark) and math.floor(now / DAY_S) > math.floor(self.watermark / DAY_S):
             self.watermark = now
             self._expire()
         self.watermark = now
+        self._next_day = (math.floor(now / DAY_S) + 1) * DAY_S
 
     def _score(
         self, obs: Sequence[Observation], stats: Sequence[list | None], ts: float, host: str
