@@ -117,7 +117,9 @@ _SCHEMA = _schema()
 class Observation:
     """One value seen in one context; ``key`` and ``ctx_key`` are built once."""
 
-    __slots__ = ("kind", "ctx", "value", "weight", "key", "ctx_key", "rate_key", "is_args", "own_rate", "_description")
+    __slots__ = (
+        "kind", "ctx", "value", "weight", "key", "ctx_key", "rate_key", "is_args", "names_args", "own_rate", "_description",
+    )
 
     def __init__(self, kind: str, ctx: str, value: str, weight: float, rate_kind: str | None = None):
         self.kind = kind
@@ -125,6 +127,7 @@ class Observation:
         self.value = value
         self.weight = weight
         self.is_args = kind == "args"
+        self.names_args = kind == "args" or kind == "arg"  # (reasons: the nearest known template)
         self.ctx_key = f"{kind}{SEP}{ctx}"
         self.key = f"{self.ctx_key}{SEP}{value}"
         # Whose novelty rate says how surprising a new value is (default: its own context).
@@ -463,11 +466,11 @@ class EvidenceShard:
     def _reasons(self, parts: list[tuple[float, Observation, list | None]], score: float) -> list[str]:
         if not parts or score < 0.05:
             return ["known behaviour"] if self.stats else ["nothing learned yet for this workload"]
-        parts.sort(key=itemgetter(0), reverse=True)  # stable: ties keep observation order
-        reasons = []
-        for contribution, o, stat in parts[:4]:
-            seen = "never seen" if stat is None else f"seen in {stat[0]} episode(s)"
-            reasons.append(f"{o.description}: {seen} (+{contribution:.2f})")
+        parts.sort(key=_CONTRIBUTION, reverse=True)  # stable: ties keep observation order
+        reasons = [
+            f"{o._description or o.description}: {'never seen' if stat is None else _seen(stat[0])} (+{contribution:.2f})"
+            for contribution, o, stat in parts[:4]
+        ]
         known = self._nearest_known(parts)
         if known:
             reasons.append(known)
@@ -476,11 +479,11 @@ class EvidenceShard:
     def _nearest_known(self, parts: list[tuple[float, Observation, list | None]]) -> str | None:
         """The most frequent known argument template of the program in question."""
         for _, o, _ in parts:
-            if o.kind in ("args", "arg"):
+            if o.names_args:
                 top = self._top_args.get(o.ctx)
                 if top is None:
                     return None
-                return f"nearest known: {o.ctx} {top[0].rsplit(SEP, 1)[1]!r} (seen {top[1][1]}x)"
+                return f"{_known_prefix(o.ctx, top[0])}{top[1][1]}x)"
         return None
 
     # learning -----------------------------------------------------------------------
@@ -661,6 +664,19 @@ class EvidenceShard:
                 if top is None or stat[0] > top[1][0]:
                     shard._top_args[program] = (key, stat)
         return shard
+
+
+_CONTRIBUTION = itemgetter(0)
+_SEEN = tuple(f"seen in {n} episode(s)" for n in range(_WELL_KNOWN_EPISODES + _BENIGN_EPISODES + 2))
+
+
+def _seen(episodes: int) -> str:
+    return _SEEN[episodes] if 0 <= episodes < len(_SEEN) else f"seen in {episodes} episode(s)"
+
+
+@lru_cache(maxsize=1 << 14)
+def _known_prefix(program: str, key: str) -> str:
+    return f"nearest known: {program} {key.rsplit(SEP, 1)[1]!r} (seen "
 
 
 def _describe(o: Observation) -> str:
