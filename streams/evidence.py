@@ -54,6 +54,9 @@ from functools import lru_cache
 from operator import itemgetter
 from typing import Any
 
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 
@@ -88,6 +91,24 @@ THRESHOLD_EVERY = 256
 
 # Past this many episodes rarity(e) = 1/(1+e)^2 is below 1e-3: counted as no surprise.
 _WELL_KNOWN_EPISODES = 31
+
+
+def _build() -> tuple[bool, bool]:
+    """Whether this module is its mypyc build (`make native`), and whether its source
+    changed after that build (the build would then run old code)."""
+    here = Path(__file__)
+    if here.suffix != ".so":
+        return False, False
+    built = max(p.stat().st_mtime for p in here.parent.glob("evidence*.so"))
+    source = here.with_name("evidence.py")
+    return True, source.exists() and source.stat().st_mtime > built
+
+
+COMPILED, STALE = _build()
+if STALE:
+    warnings.warn("streams/evidence.py changed after it was compiled: the old code runs; `make native` rebuilds it",
+                  RuntimeWarning, stacklevel=1)
+
 _LABEL_MALICIOUS = "malicious"
 _LABEL_BENIGN = "benign"
 _BENIGN_EPISODES = 8
@@ -308,6 +329,13 @@ class BehaviourCache:
         self.young[key] = entry
 
 
+# What a copy of a shard copies (all but its settings, its identity and the shared cache).
+_LEARNED_STATE = (
+    "stats", "contexts", "history", "watermark", "_next_day", "scores", "thresholds", "_dirty", "_touched",
+    "_deleted", "_top_args", "_epoch",
+)
+
+
 class EvidenceShard:
     """One shard's learned observations, contexts, score window and thresholds."""
 
@@ -347,10 +375,11 @@ class EvidenceShard:
     def __deepcopy__(self, memo: dict) -> "EvidenceShard":
         """A copy that learns on its own: the behaviour cache is shared (it is keyed by
         shard), everything else is copied, and the copy gets its own identity."""
-        clone = object.__new__(type(self))
-        for name, value in self.__dict__.items():
-            clone.__dict__[name] = value if name == "_behaviours" else copy.deepcopy(value, memo)
-        clone._uid = next(_shard_uids)
+        warn, alert = self.defaults
+        warn_rate, alert_rate = self.rates
+        clone = EvidenceShard(self.retention_s, warn, alert, warn_rate, alert_rate, self._behaviours)
+        for name in _LEARNED_STATE:
+            setattr(clone, name, copy.deepcopy(getattr(self, name), memo))
         return clone
 
     # scoring ------------------------------------------------------------------------
@@ -698,6 +727,7 @@ def _describe(o: Observation) -> str:
 class EvidenceAlgorithm:
     name = "evidence"
     version = "1"
+    build = "mypyc" if COMPILED else "python"
 
     def __init__(self, settings: EngineSettings):
         self.params = {

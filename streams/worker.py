@@ -391,10 +391,10 @@ def run(settings: Settings) -> None:
     serve_metrics(settings.worker.metrics_port)
     app = create_app(settings)
     log.info(
-        "worker %s: %s -> %s (alerts %s, dead letters %s), shards in %s, algorithm %s",
+        "worker %s: %s -> %s (alerts %s, dead letters %s), shards in %s, algorithm %s (%s build)",
         settings.worker.group_id, settings.topics.raw, settings.topics.scored,
         settings.topics.alerts, settings.topics.dead_letter, settings.lancedb.uri,
-        settings.engine.algorithm,
+        settings.engine.algorithm, getattr(app.ruleless.service.engine.algorithm, "build", "python"),  # type: ignore[attr-defined]
     )
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, override_logging=False)
     worker.execute_from_commandline()

@@ -69,6 +69,13 @@ def topics(settings: Settings) -> Settings:
     return settings
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    from streams import evidence
+
+    if evidence.STALE:
+        pytest.exit("streams/evidence.py changed after its mypyc build: run `make native` (or `make test`)", returncode=2)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """`make bench`: the table of the figures measured in this session (tests/bench.py)."""
     from tests.bench import table_lines

@@ -184,3 +184,49 @@ def test_a_copied_shard_learns_on_its_own() -> None:
     first = eng.score([probe])[0].score
     eng.shards["acme/web"] = saved
     assert eng.score([probe])[0].score == first  # the copy did not see the original's learning
+
+
+def test_a_copy_copies_every_piece_of_learned_state() -> None:
+    module = pure_evidence()
+    shard = module.EvidenceAlgorithm(EngineSettings(algorithm="evidence")).new_shard()
+    settings_and_identity = {"retention_s", "defaults", "rates", "_behaviours", "_uid"}
+    assert set(vars(shard)) == set(module._LEARNED_STATE) | settings_and_identity
+
+
+def test_the_compiled_engine_scores_and_learns_exactly_like_its_source() -> None:
+    """`make native` builds streams/evidence.py with mypyc; the build must not change a
+    score, a reason or a learned row."""
+    from streams import evidence
+
+    if not evidence.COMPILED:
+        pytest.skip("streams/evidence.py is not compiled here (make native)")
+    module = pure_evidence()
+    stream = fleet_stream(pairs=6, per_pair=800, seed=4) + list(workload_stream("acme", "ci", "ci", 1500))
+    settings = EngineSettings(algorithm="evidence")
+    compiled, pure = Engine(settings), Engine(settings, algorithm=module.EvidenceAlgorithm(settings))
+    for start in range(0, len(stream), 500):
+        batch = stream[start : start + 500]
+        assert [(s.score, s.reasons, s.severity) for s in compiled.score(batch)] == [
+            (s.score, s.reasons, s.severity) for s in pure.score(batch)
+        ]
+    assert compiled.shards.keys() == pure.shards.keys()
+    for key, shard in compiled.shards.items():
+        assert shard.to_table().equals(pure.shards[key].to_table()), key
+
+
+def pure_evidence():  # type: ignore[no-untyped-def]
+    """streams/evidence.py run as plain Python, whether or not it is compiled here."""
+    import importlib.util
+
+    from streams import algorithm, evidence
+
+    source = Path(algorithm.__file__).with_name("evidence.py")
+    spec = importlib.util.spec_from_file_location("tests_pure_evidence", source)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    registered = dict(algorithm._REGISTRY)
+    spec.loader.exec_module(module)  # (registers its class under "evidence": put back)
+    algorithm._REGISTRY.clear()
+    algorithm._REGISTRY.update(registered)
+    assert module.__file__.endswith(".py") and algorithm._REGISTRY["evidence"] is evidence.EvidenceAlgorithm
+    return module
