@@ -329,6 +329,48 @@ class BehaviourCache:
         self.young[key] = entry
 
 
+class Context:
+    """What a shard learned of one context: episodes of all its values, and how many
+    distinct values it has (its novelty rate follows from the two)."""
+
+    __slots__ = ("episodes", "values")
+
+    def __init__(self, episodes: int = 0, values: int = 0):
+        self.episodes = episodes
+        self.values = values
+
+    def __deepcopy__(self, memo: dict) -> "Context":
+        return Context(self.episodes, self.values)
+
+
+class Stat:
+    """What a shard learned of one observation. Mutated in place, never replaced:
+    compiled behaviours hold references to their observations' stats."""
+
+    __slots__ = ("episodes", "count", "first_ts", "last_ts", "ep_start", "ep_host", "label", "ctx")
+
+    def __init__(
+        self, episodes: int, count: int, first_ts: float, last_ts: float, ep_start: float, ep_host: str,
+        label: str, ctx: Context,
+    ):
+        self.episodes = episodes
+        self.count = count
+        self.first_ts = first_ts
+        self.last_ts = last_ts
+        self.ep_start = ep_start  # when the current episode started, and on which host
+        self.ep_host = ep_host
+        self.label = label
+        self.ctx = ctx
+
+    def restart(self, episodes: int, ts: float, host: str, label: str, ctx: Context) -> None:
+        self.episodes, self.count, self.first_ts, self.last_ts, self.ep_start = episodes, 1, ts, ts, ts
+        self.ep_host, self.label, self.ctx = host, label, ctx
+
+    def __deepcopy__(self, memo: dict) -> "Stat":
+        ctx = copy.deepcopy(self.ctx, memo)  # (shared by its context's stats: copied once)
+        return Stat(self.episodes, self.count, self.first_ts, self.last_ts, self.ep_start, self.ep_host, self.label, ctx)
+
+
 # What a copy of a shard copies (all but its settings, its identity and the shared cache).
 _LEARNED_STATE = (
     "stats", "contexts", "history", "watermark", "_next_day", "scores", "thresholds", "_dirty", "_touched",
@@ -346,10 +388,8 @@ class EvidenceShard:
         self.retention_s = retention_s
         self.defaults = (warn, alert)
         self.rates = (warn_rate, alert_rate)
-        # key -> [episodes, count, first_ts, last_ts, ep_start, ep_host, label, its context]
-        self.stats: dict[str, list] = {}
-        # ctx_key -> [episodes in context, distinct values in context] (a stat's last item)
-        self.contexts: dict[str, list[int]] = {}
+        self.stats: dict[str, Stat] = {}
+        self.contexts: dict[str, Context] = {}
         self.history = 0
         self.watermark = float("-inf")
         # The watermark's next day boundary (-inf: not known yet; see _advance_clock).
@@ -362,7 +402,7 @@ class EvidenceShard:
         self._touched: dict[int, tuple[Observation, ...]] = {}
         self._deleted: list[str] = []
         # program -> (key, stat) of its argument template seen in most episodes (reasons only).
-        self._top_args: dict[str, tuple[str, list]] = {}
+        self._top_args: dict[str, tuple[str, Stat]] = {}
         # (shard uid, behaviour) -> [observations, their stats, epoch, quiet], shared by the
         # algorithm's shards (see _compiled)
         self._behaviours = behaviours if behaviours is not None else BehaviourCache()
@@ -400,9 +440,9 @@ class EvidenceShard:
                 out.append(Verdict(0.0, ["known behaviour"], self.history, self.thresholds))
                 self.history += 1
                 for stat in stats:
-                    stat[1] += 1
-                    if ts > stat[3]:
-                        stat[3] = ts
+                    stat.count += 1
+                    if ts > stat.last_ts:
+                        stat.last_ts = ts
                 score = 0.0
             else:
                 score, reasons, entry[3] = self._score(obs, stats, ts, event.host)
@@ -455,35 +495,35 @@ class EvidenceShard:
         self._next_day = (math.floor(now / DAY_S) + 1) * DAY_S
 
     def _score(
-        self, obs: Sequence[Observation], stats: Sequence[list | None], ts: float, host: str
+        self, obs: Sequence[Observation], stats: Sequence[Stat | None], ts: float, host: str
     ) -> tuple[float, list[str], bool]:
         """Score, reasons, and whether every observation is well known (see _compiled)."""
         keep = 1.0
         well_known = 0
-        parts: list[tuple[float, Observation, list | None]] = []
+        parts: list[tuple[float, Observation, Stat | None]] = []
         cutoff = self.watermark - self.retention_s
         contexts = self.contexts
         for o, stat in zip(obs, stats):
-            if stat is None or stat[3] < cutoff:
+            if stat is None or stat.last_ts < cutoff:
                 episodes = 0
                 stat = None
-            elif stat[6]:
-                if stat[6] == _LABEL_MALICIOUS:
+            elif stat.label:
+                if stat.label == _LABEL_MALICIOUS:
                     keep *= 1.0 - o.weight
                     parts.append((o.weight, o, stat))
                     continue
-                episodes = stat[0]  # benign: its own burst is evidence too
-            elif stat[0] > _WELL_KNOWN_EPISODES:
+                episodes = stat.episodes  # benign: its own burst is evidence too
+            elif stat.episodes > _WELL_KNOWN_EPISODES:
                 well_known += 1
                 continue  # the hot path: surprise would round to zero anyway
             else:
                 # Repeats inside the episode still open on this host are not evidence:
                 # a burst of retries must not wash out its own alert.
-                episodes = stat[0] - (host == stat[5] and ts - stat[4] < EPISODE_GAP_S)
+                episodes = stat.episodes - (host == stat.ep_host and ts - stat.ep_start < EPISODE_GAP_S)
             if episodes > _WELL_KNOWN_EPISODES:
                 continue
-            ctx = stat[7] if stat is not None and o.own_rate else contexts.get(o.rate_key)
-            novelty_rate = 0.5 if ctx is None else (ctx[1] + 1.0) / (ctx[0] + 2.0)
+            ctx = stat.ctx if stat is not None and o.own_rate else contexts.get(o.rate_key)
+            novelty_rate = 0.5 if ctx is None else (ctx.values + 1.0) / (ctx.episodes + 2.0)
             s = (1.0 if episodes == 0 else 1.0 / ((1.0 + episodes) ** 2)) * (1.0 - novelty_rate)
             if s > 0.0:
                 keep *= 1.0 - o.weight * s
@@ -492,12 +532,12 @@ class EvidenceShard:
         quiet = well_known == len(obs) and self.retention_s >= DAY_S  # a day boundary bumps the epoch first
         return score, self._reasons(parts, score), quiet
 
-    def _reasons(self, parts: list[tuple[float, Observation, list | None]], score: float) -> list[str]:
+    def _reasons(self, parts: list[tuple[float, Observation, Stat | None]], score: float) -> list[str]:
         if not parts or score < 0.05:
             return ["known behaviour"] if self.stats else ["nothing learned yet for this workload"]
         parts.sort(key=_CONTRIBUTION, reverse=True)  # stable: ties keep observation order
         reasons = [
-            f"{o._description or o.description}: {'never seen' if stat is None else _seen(stat[0])} (+{contribution:.2f})"
+            f"{o._description or o.description}: {'never seen' if stat is None else _seen(stat.episodes)} (+{contribution:.2f})"
             for contribution, o, stat in parts[:4]
         ]
         known = self._nearest_known(parts)
@@ -505,20 +545,20 @@ class EvidenceShard:
             reasons.append(known)
         return reasons
 
-    def _nearest_known(self, parts: list[tuple[float, Observation, list | None]]) -> str | None:
+    def _nearest_known(self, parts: list[tuple[float, Observation, Stat | None]]) -> str | None:
         """The most frequent known argument template of the program in question."""
         for _, o, _ in parts:
             if o.names_args:
                 top = self._top_args.get(o.ctx)
                 if top is None:
                     return None
-                return f"{_known_prefix(o.ctx, top[0])}{top[1][1]}x)"
+                return f"{_known_prefix(o.ctx, top[0])}{top[1].count}x)"
         return None
 
     # learning -----------------------------------------------------------------------
 
     def _learn(
-        self, obs: Sequence[Observation], refs: list[list | None], ts: float, host: str,
+        self, obs: Sequence[Observation], refs: list[Stat | None], ts: float, host: str,
         bonus: int = 0, label: str = "", counts: bool = True,
     ) -> None:
         """Count ``obs`` as seen at ``ts`` on ``host``; new stats are written into ``refs``.
@@ -532,50 +572,49 @@ class EvidenceShard:
             stat = refs[i]
             if stat is None:  # may have been added by an earlier observation of this event
                 stat = refs[i] = stats.get(o.key)
-            if stat is not None and stat[3] >= cutoff:
+            if stat is not None and stat.last_ts >= cutoff:
                 # The hot path: a known behaviour seen again.
-                stat[1] += 1
-                if ts > stat[3]:
-                    stat[3] = ts
-                if stat[0] > _WELL_KNOWN_EPISODES and not (bonus or label):
+                stat.count += 1
+                if ts > stat.last_ts:
+                    stat.last_ts = ts
+                if stat.episodes > _WELL_KNOWN_EPISODES and not (bonus or label):
                     # Episodes saturate: past this, more cannot make the value itself
                     # less surprising, and its context's novelty rate is already low.
                     continue
-                if host != stat[5] or ts - stat[4] >= EPISODE_GAP_S:  # a new episode
-                    stat[0] += 1 + bonus
-                    stat[4] = ts
-                    stat[5] = host
-                    stat[7][0] += 1 + bonus
+                if host != stat.ep_host or ts - stat.ep_start >= EPISODE_GAP_S:  # a new episode
+                    stat.episodes += 1 + bonus
+                    stat.ep_start = ts
+                    stat.ep_host = host
+                    stat.ctx.episodes += 1 + bonus
                 elif bonus:
-                    stat[0] += bonus
-                    stat[7][0] += bonus
+                    stat.episodes += bonus
+                    stat.ctx.episodes += bonus
                 elif not label:
                     continue
                 if label:
-                    stat[6] = label
+                    stat.label = label
                 if o.is_args:
                     self._note_top_args(o, stat)
             else:
                 ctx = contexts.get(o.ctx_key)
                 if ctx is None:
-                    ctx = contexts[o.ctx_key] = [0, 0]
-                fresh = [1 + bonus, 1, ts, ts, ts, host, label or (stat[6] if stat else ""), ctx]
+                    ctx = contexts[o.ctx_key] = Context()
                 if stat is None:
-                    ctx[1] += 1
-                    stats[o.key] = refs[i] = stat = fresh
+                    ctx.values += 1
+                    stats[o.key] = refs[i] = stat = Stat(1 + bonus, 1, ts, ts, ts, host, label, ctx)
                 else:  # expired but not yet dropped: starts over, as if it had been
-                    ctx[0] -= stat[0]
-                    stat[:] = fresh
-                ctx[0] += 1 + bonus
+                    ctx.episodes -= stat.episodes
+                    stat.restart(1 + bonus, ts, host, label or stat.label, ctx)
+                ctx.episodes += 1 + bonus
                 if o.is_args:
                     self._note_top_args(o, stat)
 
-    def _note_top_args(self, o: Observation, stat: list) -> None:
+    def _note_top_args(self, o: Observation, stat: Stat) -> None:
         """Keep the argument template of each program seen in the most episodes (for
         reasons). Called when episodes change, not on every sighting: that would cost a
         call per event for a text only alerts show."""
         top = self._top_args.get(o.ctx)
-        if top is None or top[1] is not stat and stat[0] > top[1][0]:
+        if top is None or top[1] is not stat and stat.episodes > top[1].episodes:
             self._top_args[o.ctx] = (o.key, stat)
 
     def _derive_thresholds(self) -> tuple[float, float]:
@@ -607,7 +646,7 @@ class EvidenceShard:
             self._dirty.update(o.key for o in obs)
             return
         # Pin only what made it rare, or every later use of /bin/sh would alert too.
-        rare = [o for o in obs if (st := self.stats.get(o.key)) is None or st[0] <= 2] or obs
+        rare = [o for o in obs if (st := self.stats.get(o.key)) is None or st.episodes <= 2] or obs
         refs = [self.stats.get(o.key) for o in rare]
         self._learn(rare, refs, event.ts, event.host, label=_LABEL_MALICIOUS, counts=False)
         self._dirty.update(o.key for o in rare)
@@ -616,16 +655,16 @@ class EvidenceShard:
 
     def _expire(self) -> None:
         cutoff = self.watermark - self.retention_s
-        for key in [k for k, v in self.stats.items() if v[3] < cutoff]:
+        for key in [k for k, v in self.stats.items() if v.last_ts < cutoff]:
             stat = self.stats.pop(key)
             ctx_key = key.rsplit(SEP, 1)[0]
-            ctx = stat[7]
-            ctx[0] -= stat[0]
-            ctx[1] -= 1
+            ctx = stat.ctx
+            ctx.episodes -= stat.episodes
+            ctx.values -= 1
             top = self._top_args.get(ctx_key.split(SEP, 1)[1])
             if top is not None and top[1] is stat:
                 del self._top_args[ctx_key.split(SEP, 1)[1]]
-            if ctx[1] <= 0:
+            if ctx.values <= 0:
                 del self.contexts[ctx_key]
             self._deleted.append(key)
         self._epoch += 1
@@ -658,8 +697,13 @@ class EvidenceShard:
         cols: dict[str, list] = {"key": list(keys)}
         for i, name in enumerate(("kind", "ctx", "value")):
             cols[name] = [p[i] for p in parts]
-        for i, name in enumerate(("episodes", "count", "first_ts", "last_ts", "ep_start", "ep_host", "label")):
-            cols[name] = [r[i] for r in rows]
+        cols["episodes"] = [r.episodes for r in rows]
+        cols["count"] = [r.count for r in rows]
+        cols["first_ts"] = [r.first_ts for r in rows]
+        cols["last_ts"] = [r.last_ts for r in rows]
+        cols["ep_start"] = [r.ep_start for r in rows]
+        cols["ep_host"] = [r.ep_host for r in rows]
+        cols["label"] = [r.label for r in rows]
         if meta:
             state = base64.b64encode(self.scores.tobytes()).decode()
             wm = self.watermark if math.isfinite(self.watermark) else 0.0
@@ -679,18 +723,18 @@ class EvidenceShard:
                 shard.scores = array("H", base64.b64decode(cols["value"][i]))
                 shard.thresholds = (float(cols["ep_start"][i]), float(cols["ep_host"][i]))
                 continue
-            ctx = shard.contexts.setdefault(key.rsplit(SEP, 1)[0], [0, 0])
-            stat = [
+            ctx = shard.contexts.setdefault(key.rsplit(SEP, 1)[0], Context())
+            stat = Stat(
                 int(cols["episodes"][i]), int(cols["count"][i]), float(cols["first_ts"][i]),
                 float(cols["last_ts"][i]), float(cols["ep_start"][i]), cols["ep_host"][i], cols["label"][i], ctx,
-            ]
+            )
             shard.stats[key] = stat
-            ctx[0] += stat[0]
-            ctx[1] += 1
+            ctx.episodes += stat.episodes
+            ctx.values += 1
             if cols["kind"][i] == "args":
                 program = cols["ctx"][i]
                 top = shard._top_args.get(program)
-                if top is None or stat[0] > top[1][0]:
+                if top is None or stat.episodes > top[1].episodes:
                     shard._top_args[program] = (key, stat)
         return shard
 
