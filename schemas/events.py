@@ -27,13 +27,11 @@ Timestamp = Annotated[float, msgspec.Meta(ge=0)]
 Severity = Literal["ok", "warn", "alert"]
 
 
+# gc=False: events only hold strings and lists of strings, so they can never be part of
+# a reference cycle, and a batch of thousands of them (and of their scored copies) would
+# otherwise be walked by every young-generation collection while it is alive.
 class RawEvent(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
-    """One process event as published by an agent (DESIGN.md, raw event contract).
-
-    ``gc=False``: events only hold strings and lists of strings, so they can never be
-    part of a reference cycle, and a batch of thousands of them (and of their scored
-    copies) is otherwise walked by every young-generation collection while it is alive.
-    """
+    """One process event as published by an agent (DESIGN.md, raw event contract)."""
 
     ts: Timestamp
     org_id: SafeName
