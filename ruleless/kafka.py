@@ -30,6 +30,7 @@ def producer(kafka: KafkaSettings, **extra: Any) -> Producer:
 
 
 def consumer_config(kafka: KafkaSettings, group_id: str, **extra: Any) -> dict[str, Any]:
+    """librdkafka configuration of a :func:`consumer` (``extra`` overrides)."""
     conf = kafka.confluent_config()
     conf.update(
         {

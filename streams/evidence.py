@@ -45,17 +45,16 @@ from __future__ import annotations
 
 import base64
 import copy
-import itertools
-from array import array
 import ipaddress
+import itertools
 import math
+import warnings
+from array import array
 from collections.abc import Sequence
 from functools import lru_cache
 from operator import itemgetter
-from typing import Any
-
-import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -92,6 +91,10 @@ THRESHOLD_EVERY = 256
 # Past this many episodes rarity(e) = 1/(1+e)^2 is below 1e-3: counted as no surprise.
 _WELL_KNOWN_EPISODES = 31
 
+_LABEL_MALICIOUS = "malicious"
+_LABEL_BENIGN = "benign"
+_BENIGN_EPISODES = 8
+
 
 def _build() -> tuple[bool, bool]:
     """Whether this module is its mypyc build (`make native`), and whether its source
@@ -108,10 +111,6 @@ COMPILED, STALE = _build()
 if STALE:
     warnings.warn("streams/evidence.py changed after it was compiled: the old code runs; `make native` rebuilds it",
                   RuntimeWarning, stacklevel=1)
-
-_LABEL_MALICIOUS = "malicious"
-_LABEL_BENIGN = "benign"
-_BENIGN_EPISODES = 8
 
 
 def _schema() -> pa.Schema:
