@@ -16,8 +16,11 @@ from typing import Any
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as driver
 
+from ruleless.settings import KafkaSettings
+
 SCHEME = "ruleless"
-DEFAULT_FETCH_WAIT_MS = 100
+# (An app that does not say: the settings' own default.)
+DEFAULT_FETCH_WAIT_MS: int = KafkaSettings.model_fields["fetch_wait_max_ms"].default
 
 
 class ConsumerThread(driver.AIOKafkaConsumerThread):
