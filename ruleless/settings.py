@@ -202,6 +202,9 @@ class AgentSettings(BaseModel):
     # Backends without eBPF find TCP connects/listens by scanning /proc this often
     # (agent/connections.py); 0 turns that off.
     connections_interval_s: float = Field(2.0, ge=0)
+    # The netlink backend's reader processes, each pinned to one CPU and reading the execs
+    # that happen there (agent/netlink.py); 0 = one per CPU, at most 8.
+    netlink_readers: int = Field(0, ge=0)
     # Delivery (agent/spool.py): events wait on disk while Kafka is unreachable. Empty
     # spool_dir = DATA_DIR/agent-spool; spool_max_mib 0 = no spool (librdkafka's memory
     # queue only). An event that does not fit a full spool is dropped and counted.

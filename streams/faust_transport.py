@@ -7,12 +7,21 @@ put up to 1.5 s on each event's way from the raw topic to the worker. This trans
 Faust's own, except that the consumer it creates waits ``kafka.fetch_wait_max_ms``.
 
 Select it with a broker URL of scheme :data:`SCHEME` after :func:`register`.
+
+It leans on internals of Faust and aiokafka that no release promises to keep; they are
+listed in :func:`moved_internals`, which :func:`register` runs so that an upgrade that
+moves one stops the worker with a sentence naming it (issue 12), not with a latency
+regression nobody traces back.
 """
 
 from __future__ import annotations
 
+import inspect
+from importlib.metadata import version
 from typing import Any
 
+import aiokafka
+from faust.streams import Stream
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as driver
 
@@ -40,6 +49,37 @@ class Transport(driver.Transport):
     Consumer = Consumer
 
 
+def moved_internals() -> list[str]:
+    """The private pieces of Faust and aiokafka the worker relies on that are not where
+    (or not what) it expects, each as a sentence; empty when all are in place."""
+    problems = []
+
+    def method(owner: type, name: str) -> None:
+        if not callable(getattr(owner, name, None)):
+            problems.append(f"{owner.__module__}.{owner.__qualname__}.{name} is gone (overridden by streams/faust_transport.py)")
+
+    method(driver.AIOKafkaConsumerThread, "_create_worker_consumer")
+    method(driver.Consumer, "_new_consumer_thread")
+    method(Stream, "noack_take")  # streams/worker.py takes batches without auto-acks
+    if not isinstance(getattr(TRANSPORTS, "aliases", None), dict):
+        problems.append("faust.transport.drivers.TRANSPORTS.aliases is no longer a dict (register() adds our scheme to it)")
+    # The wait is set on the built consumer before start(), which reads it then.
+    init = inspect.getsource(aiokafka.AIOKafkaConsumer.__init__)
+    start = inspect.getsource(aiokafka.AIOKafkaConsumer.start)
+    if "self._fetch_max_wait_ms = " not in init or "self._fetch_max_wait_ms" not in start:
+        problems.append("aiokafka.AIOKafkaConsumer no longer keeps its fetch wait in _fetch_max_wait_ms read by start()")
+    return problems
+
+
 def register() -> None:
-    """Make ``ruleless://host:port`` broker URLs use this transport (idempotent)."""
+    """Make ``ruleless://host:port`` broker URLs use this transport (idempotent).
+
+    Raises :class:`RuntimeError` naming each internal that moved (see :func:`moved_internals`)."""
+    problems = moved_internals()
+    if problems:
+        raise RuntimeError(
+            f"faust-streaming {version('faust-streaming')} / aiokafka {aiokafka.__version__} moved what the worker relies on "
+            "(pin the versions in requirements.lock, or adapt streams/faust_transport.py): " + "; ".join(problems)
+        )
     TRANSPORTS.aliases.setdefault(SCHEME, f"{__name__}:Transport")
+

@@ -134,3 +134,23 @@ def test_burst_of_short_lived_execs_is_captured(tmp_path: Path, settings: Settin
     captured = burst.captured(events_in(path))
     print(f"netlink burst: {captured}/{count} captured ({100 * captured / count:.2f} %) at {burst.rate:.0f} execs/s")
     assert captured >= 0.999 * count
+
+
+def test_readers_are_pinned_one_per_allowed_cpu_within_the_bound() -> None:
+    from agent.netlink import MAX_READERS, reader_cpus
+
+    allowed = sorted(os.sched_getaffinity(0))
+    assert reader_cpus(0) == allowed[:MAX_READERS]
+    assert reader_cpus(1) == allowed[:1]
+    assert reader_cpus(10_000) == allowed
+
+
+def test_a_pinned_reader_takes_its_cpus_execs_and_the_first_also_the_uncovered_ones() -> None:
+    from agent.netlink import Reader
+
+    first = Reader.__new__(Reader)
+    first._cpu, first._covered, first._catch_all = 0, frozenset({0, 1}), True
+    second = Reader.__new__(Reader)
+    second._cpu, second._covered, second._catch_all = 1, frozenset({0, 1}), False
+    assert [first._mine(c) for c in (0, 1, 2)] == [True, False, True]
+    assert [second._mine(c) for c in (0, 1, 2)] == [False, True, False]

@@ -170,3 +170,19 @@ def test_faust_consumer_waits_on_fetches_as_configured(settings: Settings) -> No
     assert servers == configured.kafka.bootstrap.split(",")
     # The confluent-kafka consumers (sink, alerts) too.
     assert consumer_config(configured.kafka, "g")["fetch.wait.max.ms"] == 77
+
+
+def test_the_faust_and_aiokafka_internals_the_worker_relies_on_are_in_place() -> None:
+    from streams import faust_transport
+
+    assert faust_transport.moved_internals() == []
+
+
+def test_a_moved_internal_stops_the_worker_with_its_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    from faust.transport.drivers import aiokafka as driver
+
+    from streams import faust_transport
+
+    monkeypatch.delattr(driver.AIOKafkaConsumerThread, "_create_worker_consumer")
+    with pytest.raises(RuntimeError, match=r"AIOKafkaConsumerThread\._create_worker_consumer is gone"):
+        faust_transport.register()
