@@ -66,7 +66,10 @@ def test_the_installers_themselves_are_pinned() -> None:
 )
 def test_the_virtualenv_holds_exactly_the_locked_versions() -> None:
     pins = read_lock()
-    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    # Only the virtualenv's own site-packages: the eBPF tests append Debian's
+    # dist-packages (BCC's module) to sys.path, and its packages are not ours.
+    inside = [p for p in sys.path if p and Path(p).resolve().is_relative_to(Path(sys.prefix).resolve())]
+    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions(path=inside)}
     installed.pop("ruleless", None)
     wrong = {n: (v, pins[n]) for n, v in installed.items() if n in pins and v != pins[n]}
     extra = sorted(set(installed) - set(pins))
