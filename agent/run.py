@@ -59,7 +59,7 @@ def run(
         sink = stack.enter_context(_open_output(settings, output))
         metrics = AgentMetrics(capture.name)
         if agent.metrics_port:
-            stack.enter_context(metrics.serve(agent.metrics_port))
+            stack.enter_context(metrics.serve(agent.metrics_port, settings.metrics_host))
         log.info(
             "agent running: backend=%s shard=%s/%s host=%s output=%s every %.2fs",
             capture.name, agent.org_id, agent.workload, agent.host,
@@ -181,10 +181,10 @@ class AgentMetrics:
         self._drops = dict(drops)
 
     @contextmanager
-    def serve(self, port: int) -> Iterator[None]:
-        """Serve /metrics on ``port`` (all interfaces) while the block runs."""
-        server, thread = start_http_server(port, registry=self.registry)
-        log.info("metrics on :%d/metrics", port)
+    def serve(self, port: int, host: str = "127.0.0.1") -> Iterator[None]:
+        """Serve /metrics on ``host:port`` while the block runs."""
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        log.info("metrics on %s:%d/metrics", host, port)
         try:
             yield
         finally:

@@ -12,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from ruleless.supervise import die_with_parent
 from schemas.errors import ServiceError
 
 
@@ -73,7 +74,10 @@ class EmbeddedBroker:
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,  # never outlives its owner
         )
+        if out is not subprocess.DEVNULL:
+            out.close()  # (the broker has its own copy)
         try:
             wait_for_port(self.host, self.port, timeout)
         except ServiceError:
@@ -84,13 +88,13 @@ class EmbeddedBroker:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
         if self._proc is None:
             return
         if self._proc.poll() is None:
             self._proc.terminate()
             try:
-                self._proc.wait(timeout=10)
+                self._proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()

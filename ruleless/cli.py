@@ -7,6 +7,7 @@ environment, which wins over the config file, which wins over defaults.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -16,7 +17,7 @@ import typer
 
 from ruleless import logs
 from ruleless.settings import Settings, load_settings
-from schemas.errors import RulelessError
+from schemas.errors import ConfigError, RulelessError
 
 app = typer.Typer(
     name="ruleless",
@@ -37,6 +38,13 @@ def _settings(config: Path | None, log_format: str | None = None, **overrides: A
     settings = load_settings(config, log_format=log_format, **overrides)
     logs.configure(settings.log_format, settings.log_level)
     return settings
+
+
+def _query_token(settings: Settings) -> str | None:
+    from sinks.query import read_token
+
+    configured = settings.sink.query_token
+    return read_token(configured.get_secret_value() if configured else None, settings.data_dir)
 
 
 def _fail(exc: RulelessError) -> None:
@@ -129,16 +137,22 @@ def score(
     state: Annotated[Optional[Path], typer.Option("--state", help="Shard directory to read and update (default: a temp dir).")] = None,
     algorithm: Annotated[Optional[str], typer.Option("--algorithm", envvar="RULELESS_ENGINE__ALGORITHM", help="Scoring algorithm.")] = None,
     errors: Annotated[Optional[str], typer.Option("--errors", help="Write invalid lines with reasons here (default: stderr).")] = None,
+    max_invalid: Annotated[int, typer.Option("--max-invalid", help="Exit 0 with up to this many invalid lines (default 0: any invalid line exits 1).")] = 0,
     config: ConfigOpt = None,
 ) -> None:
-    """Score a file offline with the stream's engine; output keeps input order."""
-    from streams.offline import score_stream
+    """Score a file offline with the stream's engine; output keeps input order.
+
+    Invalid lines (not JSON, invalid UTF-8, not an event, longer than 16 MiB) are
+    reported with their line number and reason and skipped; every valid line is still
+    scored and written. Exit code: 0, or 1 when more than --max-invalid lines were
+    invalid, or 2 when the input cannot be read or the settings are wrong."""
+    from streams.offline import bounded_lines, score_stream
 
     with tempfile.TemporaryDirectory(prefix="ruleless-state-") as tmp:
         try:
             settings = _settings(config, lancedb={"uri": str(state or tmp)}, engine={"algorithm": algorithm})
-            with _open(input, "r") as src, _open(output, "w") as dst, _open(errors or "-", "w", sys.stderr) as err:
-                summary = score_stream(settings, src, dst, errors=err)
+            with _open(input, "rb") as src, _open(output, "w") as dst, _open(errors or "-", "w", sys.stderr) as err:
+                summary = score_stream(settings, bounded_lines(src), dst, errors=err)
         except RulelessError as exc:
             _fail(exc)
     typer.echo(
@@ -146,6 +160,9 @@ def score(
         f"{summary.invalid} invalid lines",
         err=True,
     )
+    if summary.invalid > max_invalid:
+        typer.secho(f"error: {summary.invalid} invalid lines (more than --max-invalid {max_invalid})", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -198,12 +215,14 @@ def replay(
 def query(
     sql: Annotated[str, typer.Argument(help="A read-only SQL statement.")],
     url: Annotated[str, typer.Option("--url", envvar="RULELESS_QUERY_URL", help="The sink's query endpoint.")] = "http://127.0.0.1:8124",
+    config: ConfigOpt = None,
 ) -> None:
-    """Run SQL against the ClickHouse store through the running sink."""
+    """Run a read-only SQL statement against the ClickHouse store through the running
+    sink (its token: sink.query_token, else DATA_DIR/sink-query.token)."""
     from sinks.query import query_http
 
     try:
-        for row in query_http(url, sql):
+        for row in query_http(url, sql, _query_token(_settings(config))):
             typer.echo(json.dumps(row, default=str))
     except RulelessError as exc:
         _fail(exc)
@@ -244,7 +263,7 @@ def feedback(
 
     try:
         settings = _settings(config, kafka={"bootstrap": kafka})
-        event = send_feedback(settings, url, event_id, label, note)
+        event = send_feedback(settings, url, event_id, label, note, _query_token(settings))
     except RulelessError as exc:
         _fail(exc)
     typer.echo(f"{label}: {event.event_id} ({event.shard_key}: {event.cmdline[:80]})")
@@ -268,8 +287,12 @@ class _open:
 
     def __enter__(self) -> Any:
         if self.path == "-":
-            return self.dash or (sys.stdin if self.mode == "r" else sys.stdout)
-        self._fh = open(self.path, self.mode, encoding="utf-8")
+            std = sys.stdin if "r" in self.mode else sys.stdout
+            return self.dash or (std.buffer if "b" in self.mode else std)
+        try:
+            self._fh = open(self.path, self.mode) if "b" in self.mode else open(self.path, self.mode, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot open {self.path}: {exc.strerror}") from None
         return self._fh
 
     def __exit__(self, *exc: object) -> None:
@@ -277,7 +300,14 @@ class _open:
             self._fh.close()
 
 
+# Every file a ruleless process writes (LanceDB shards, chdb, the agent's spool, logs,
+# tokens) holds command lines of the monitored hosts, or a credential: owner-only
+# (issue 15). Set before anything is opened; child processes inherit it.
+PRIVATE_UMASK = 0o077
+
+
 def main() -> None:
+    os.umask(PRIVATE_UMASK)
     app()
 
 

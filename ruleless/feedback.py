@@ -20,14 +20,14 @@ from schemas.events import Feedback, RawEvent, encode
 _EVENT_ID = re.compile(r"[A-Za-z0-9:._-]{1,128}")
 
 
-def find_event(settings: Settings, url: str, event_id: str) -> RawEvent:
+def find_event(settings: Settings, url: str, event_id: str, token: str | None = None) -> RawEvent:
     """The raw fields of a stored scored event."""
     from sinks.query import query_http
 
     if not _EVENT_ID.fullmatch(event_id):
         raise ConfigError(f"not an event id: {event_id!r}")
     table = f"{settings.clickhouse.database}.{settings.clickhouse.table}"
-    rows = query_http(url, f"SELECT * FROM {table} FINAL WHERE event_id = '{event_id}' LIMIT 1")
+    rows = query_http(url, f"SELECT * FROM {table} FINAL WHERE event_id = '{event_id}' LIMIT 1", token)
     if not rows:
         raise QueryError(f"no scored event with event_id {event_id}")
     fields = set(RawEvent.__struct_fields__)
@@ -35,10 +35,10 @@ def find_event(settings: Settings, url: str, event_id: str) -> RawEvent:
     return msgspec.convert(raw, RawEvent, strict=False)
 
 
-def send_feedback(settings: Settings, url: str, event_id: str, label: str, note: str = "") -> RawEvent:
+def send_feedback(settings: Settings, url: str, event_id: str, label: str, note: str = "", token: str | None = None) -> RawEvent:
     if label not in ("benign", "malicious"):
         raise ConfigError(f"label must be benign or malicious, not {label!r}")
-    event = find_event(settings, url, event_id)
+    event = find_event(settings, url, event_id, token)
     verdict = Feedback(event=event, label=label, ts=time.time(), analyst=getpass.getuser(), note=note)  # type: ignore[arg-type]
     ensure_topics(settings.kafka, settings.topics, [settings.topics.feedback])
     prod = producer(settings.kafka)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaException, Producer, TopicCollection
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from ruleless.settings import KafkaSettings, TopicSettings
@@ -49,6 +49,42 @@ def consumer_config(kafka: KafkaSettings, group_id: str, **extra: Any) -> dict[s
 def consumer(kafka: KafkaSettings, group_id: str, **extra: Any) -> Consumer:
     """A consumer that never auto-commits: callers commit after their output is safe."""
     return Consumer(consumer_config(kafka, group_id, **extra))
+
+
+# What a broker without topic ids (Kafka < 2.8) reports: positions then carry no incarnation.
+_NO_TOPIC_ID = "AAAAAAAAAAAAAAAAAAAAAA"
+
+
+def topic_incarnation(kafka: KafkaSettings, topic: str, timeout: float = 30.0) -> str:
+    """The topic's Kafka topic id: new whenever the topic is created again (deleted and
+    re-created, or an embedded broker restarted with its memory storage). Offsets of one
+    incarnation mean nothing in another (issue 14). "" where the broker has no topic ids."""
+    admin = AdminClient(kafka.confluent_config())
+    try:
+        described = admin.describe_topics(TopicCollection([topic]))[topic].result(timeout)
+    except KafkaException as exc:
+        raise ServiceError(f"cannot describe topic {topic} at {kafka.bootstrap}: {exc}") from None
+    topic_id = str(described.topic_id or "")
+    if topic_id in ("", _NO_TOPIC_ID):
+        log.warning("topic %s has no topic id (Kafka < 2.8?): shard positions cannot tell its incarnations apart", topic)
+        return ""
+    return topic_id
+
+
+def check_copartitioned(kafka: KafkaSettings, names: list[str], timeout: float = 30.0) -> int:
+    """The partition count the topics share; raises :class:`ServiceError` when they differ
+    (feedback for a shard must land in the partition its raw events do, or a worker that
+    does not own the shard would apply it)."""
+    admin = AdminClient(kafka.confluent_config())
+    try:
+        listed = admin.list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        raise ServiceError(f"cannot reach Kafka at {kafka.bootstrap}: {exc}") from None
+    counts = {name: len(listed[name].partitions) for name in names if name in listed}
+    if len(set(counts.values())) > 1:
+        found = ", ".join(f"{name} has {n}" for name, n in counts.items())
+        raise ServiceError(f"topics must have the same number of partitions: {found}")
+    return next(iter(counts.values()), 0)
 
 
 def ensure_topics(kafka: KafkaSettings, topics: TopicSettings, names: list[str] | None = None, timeout: float = 30.0) -> None:

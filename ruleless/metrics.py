@@ -33,6 +33,10 @@ class WorkerMetrics:
                 "ruleless_worker_already_learned_total",
                 "Re-delivered raw events skipped because their shard had already learned them",
             )
+            inst.positions_discarded = Counter(
+                "ruleless_worker_positions_discarded_total",
+                "Shard positions set aside because they were of another topic incarnation (topic re-created, broker restarted)",
+            )
             cls._instance = inst
         return cls._instance
 

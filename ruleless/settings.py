@@ -141,6 +141,12 @@ class ClickHouseSettings(BaseModel):
     database: str = "ruleless"
     table: str = "security_events"
     ttl_days: int = Field(90, ge=1)
+    # Limits of every read (the query endpoint and what the CLI asks): a query over them
+    # fails instead of holding the store; reads run on `query_readers` sessions at once,
+    # so one slow read does not queue the others (issue 15).
+    query_timeout_s: float = Field(10.0, gt=0)
+    query_max_memory_mib: int = Field(1024, ge=16)
+    query_readers: int = Field(4, ge=1, le=32)
 
 
 class SinkSettings(BaseModel):
@@ -149,8 +155,11 @@ class SinkSettings(BaseModel):
     batch_age_s: float = Field(1.0, gt=0)
     metrics_port: int = 9465
     # Read-only SQL endpoint served by the sink, the process that owns an embedded store.
+    # Every request needs this bearer token; unset, the sink makes one at start and writes
+    # it to DATA_DIR/sink-query.token (0600), where the CLI on this host reads it.
     query_host: str = "127.0.0.1"
     query_port: int = 8124
+    query_token: SecretStr | None = None
 
 
 class AlertRoute(BaseModel):
@@ -173,8 +182,9 @@ class AlertSettings(BaseModel):
     """`ruleless alerts`: tail the alerts topic, forward notifications to a webhook."""
 
     group_id: str = "ruleless-alerts"
-    webhook: str | None = None
-    # Sent as "Authorization: Bearer ..." when set.
+    # A secret: hook URLs often carry their credential in the path (shown redacted).
+    webhook: SecretStr | None = None
+    # Sent as "Authorization: Bearer ..." when set, over https only.
     webhook_token: SecretStr | None = None
     timeout_s: float = Field(10.0, gt=0)
     retry_min_s: float = Field(0.5, gt=0)
@@ -229,6 +239,9 @@ class Settings(BaseSettings):
     )
 
     data_dir: str = "data"
+    # Where every process serves /metrics (counts only, never command lines); loopback
+    # unless configured.
+    metrics_host: str = "127.0.0.1"
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)

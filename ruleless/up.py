@@ -2,8 +2,8 @@
 
 Starts (unless told to use real services) the embedded Kafka-compatible broker, then the
 sink (owning the embedded ClickHouse), the scoring worker and an agent for this host, each
-as its own process, all on loopback. Prints where to look. Ctrl-C stops everything in
-reverse order; if any part dies, the rest is stopped and the exit code says so.
+as its own process, all on loopback. Prints where to look. Supervises them (see
+:func:`run`); Ctrl-C stops everything within STOP_TIMEOUT_S.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
@@ -21,8 +21,13 @@ from rich.console import Console
 from ruleless.broker import EmbeddedBroker, free_port
 from ruleless.kafka import ensure_topics
 from ruleless.settings import Settings, child_env
+from ruleless.supervise import Restarts, die_with_parent, stop_all
 
 console = Console(stderr=True, highlight=False)
+
+
+# Stopping takes at most this long (then SIGKILL), whatever state the parts are in.
+STOP_TIMEOUT_S = 8.0
 
 
 @dataclass
@@ -30,15 +35,23 @@ class Child:
     name: str
     proc: subprocess.Popen[bytes]
     log: Path
+    restarts: Restarts = field(default_factory=Restarts)
+    due: float | None = None  # when a dead child is started again
 
 
 def run(settings: Settings, kafka: str | None = None, clickhouse: str | None = None) -> int:
-    """Run until interrupted; returns the process exit code."""
+    """Run until interrupted; returns the process exit code.
+
+    Supervises: a part that dies is started again after a backoff (the broker first: with
+    memory storage its topics are created again, and the shards' positions know the new
+    incarnation); a part that keeps dying stops everything with one line and exit code 1.
+    Every part dies with this process, even when it is SIGKILLed."""
     data = Path(settings.data_dir).resolve()
     logs = data / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     settings = _localise(settings, data, kafka, clickhouse)
     broker: EmbeddedBroker | None = None
+    broker_restarts = Restarts()
     children: list[Child] = []
     stopping = False
 
@@ -50,7 +63,7 @@ def run(settings: Settings, kafka: str | None = None, clickhouse: str | None = N
     signal.signal(signal.SIGTERM, on_signal)
     try:
         if kafka is None:
-            broker = EmbeddedBroker(port=_port_of(settings.kafka.bootstrap), log_path=logs / "broker.log").start()
+            broker = _start_broker(settings, logs)
             console.print(f"[green]✓[/] broker     embedded tansu on {broker.bootstrap} (memory storage)")
         ensure_topics(settings.kafka, settings.topics)
         env = {**os.environ, **child_env(settings)}
@@ -59,19 +72,39 @@ def run(settings: Settings, kafka: str | None = None, clickhouse: str | None = N
             console.print(f"[green]✓[/] {name:<10} pid {children[-1].proc.pid}, log {children[-1].log}")
         _print_where_to_look(settings, logs)
         while not stopping:
-            dead = next((c for c in children if c.proc.poll() is not None), None)
-            if dead is not None:
-                console.print(f"[red]✗[/] {dead.name} exited with {dead.proc.returncode}; see {dead.log}")
-                return 1
+            if broker is not None and not broker.alive():
+                delay = broker_restarts.died()
+                if delay is None:
+                    console.print(f"[red]✗[/] the broker keeps dying ({broker_restarts.limit} times in {broker_restarts.window_s:.0f}s); stopping. See {logs / 'broker.log'}")
+                    return 1
+                console.print(f"[yellow]↻[/] broker exited; starting it again in {delay:.0f}s")
+                time.sleep(delay)
+                broker = _start_broker(settings, logs)
+                ensure_topics(settings.kafka, settings.topics)
+            now = time.monotonic()
+            for child in children:
+                if child.due is None and child.proc.poll() is not None:
+                    delay = child.restarts.died(now)
+                    if delay is None:
+                        console.print(f"[red]✗[/] {child.name} keeps dying (last exit {child.proc.returncode}, {child.restarts.limit} times in {child.restarts.window_s:.0f}s); stopping. See {child.log}")
+                        return 1
+                    console.print(f"[yellow]↻[/] {child.name} exited with {child.proc.returncode}; starting it again in {delay:.0f}s (see {child.log})")
+                    child.due = now + delay
+                elif child.due is not None and now >= child.due:
+                    child.proc, child.due = _spawn(child.name, env, logs).proc, None
+                    console.print(f"[green]✓[/] {child.name:<10} pid {child.proc.pid} (restarted)")
             time.sleep(0.5)
         return 0
     finally:
         console.print("stopping…")
-        for child in reversed(children):
-            _stop(child)
+        stop_all([c.proc for c in reversed(children)], STOP_TIMEOUT_S)
         if broker is not None:
-            broker.stop()
+            broker.stop(timeout=2.0)
         console.print("stopped.")
+
+
+def _start_broker(settings: Settings, logs: Path) -> EmbeddedBroker:
+    return EmbeddedBroker(port=_port_of(settings.kafka.bootstrap), log_path=logs / "broker.log").start()
 
 
 def _localise(settings: Settings, data: Path, kafka: str | None, clickhouse: str | None) -> Settings:
@@ -97,20 +130,12 @@ def _spawn(name: str, env: dict[str, str], logs: Path) -> Child:
     log = logs / f"{name}.log"
     exe = str(Path(sys.executable).parent / "ruleless")
     with open(log, "ab") as out:
-        proc = subprocess.Popen([exe, name], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        # Own session: a Ctrl-C on the terminal reaches `ruleless up` alone, which stops
+        # the parts in order; die_with_parent: they never outlive it.
+        proc = subprocess.Popen(
+            [exe, name], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent
+        )
     return Child(name, proc, log)
-
-
-def _stop(child: Child) -> None:
-    if child.proc.poll() is not None:
-        return
-    child.proc.send_signal(signal.SIGTERM)
-    try:
-        child.proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        child.proc.kill()
-        child.proc.wait()
-    console.print(f"  {child.name} stopped")
 
 
 def _print_where_to_look(settings: Settings, logs: Path) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Annotated, Literal
+import time
+from typing import Annotated, Literal, TypeVar
 
 import msgspec
 
@@ -22,9 +23,24 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 SafeName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 EventType = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z_]{0,31}$")]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
-NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
-Timestamp = Annotated[float, msgspec.Meta(ge=0)]
+# Kernel ids are 32-bit; uid -1 means unknown. Timestamps before the year 2286.
+Pid = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
+Uid = Annotated[int, msgspec.Meta(ge=-1, le=2**32 - 1)]
+Timestamp = Annotated[float, msgspec.Meta(ge=0, le=1e10)]
 Severity = Literal["ok", "warn", "alert"]
+# Any other text field: longer is not a real value of it, so it is refused (dead letter).
+Text = Annotated[str, msgspec.Meta(max_length=4096)]
+
+# Bounds applied at decode (issue 14): no event can make an output larger than a Kafka
+# message. The command line and argv are cut, never refused (padding one must not hide a
+# command from scoring), and the cut is flagged as the agent flags its own.
+MAX_CMDLINE_CHARS = 32 * 1024
+MAX_ARGV_ITEMS = 1024
+MAX_ARGV_CHARS = 32 * 1024
+FLAG_CMDLINE_TRUNCATED = "cmdline_truncated"
+FLAG_ARGV_TRUNCATED = "argv_truncated"
+# A dead letter keeps this much of the original message (and its size).
+MAX_DEAD_LETTER_RAW_BYTES = 64 * 1024
 
 
 # gc=False: events only hold strings and lists of strings, so they can never be part of
@@ -36,30 +52,30 @@ class RawEvent(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     ts: Timestamp
     org_id: SafeName
     workload: SafeName
-    host: str = ""
+    host: Text = ""
     event_type: EventType = "exec"
-    event_id: str | None = None
-    pid: NonNegInt = 0
-    ppid: NonNegInt = 0
-    uid: int = -1
-    user: str | None = None
-    process_name: str = ""
-    exe: str | None = None
+    event_id: Text | None = None
+    pid: Pid = 0
+    ppid: Pid = 0
+    uid: Uid = -1
+    user: Text | None = None
+    process_name: Text = ""
+    exe: Text | None = None
     cmdline: str = ""
     argv: list[str] | None = None
-    parent_process: str = ""
-    ancestors: list[str] | None = None
-    local_ip: str | None = None
+    parent_process: Text = ""
+    ancestors: Annotated[list[Text], msgspec.Meta(max_length=64)] | None = None
+    local_ip: Text | None = None
     local_port: Port | None = None
-    remote_ip: str | None = None
+    remote_ip: Text | None = None
     remote_port: Port | None = None
-    container_id: str | None = None
+    container_id: Text | None = None
     # Stable per-process identity: host, process start time and pid.
-    exec_id: str | None = None
+    exec_id: Text | None = None
     # Which capture backend saw it: "ebpf", "netlink", "procfs", or absent for files.
-    source: str | None = None
+    source: Text | None = None
     # Markers such as "argv_truncated" set by the capture layer instead of dropping data.
-    flags: list[str] | None = None
+    flags: Annotated[list[Text], msgspec.Meta(max_length=64)] | None = None
 
     @property
     def shard_key(self) -> str:
@@ -90,6 +106,21 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     topic: str | None = None
     partition: int | None = None
     offset: int | None = None
+    # Size of the original message; ``raw`` holds its first MAX_DEAD_LETTER_RAW_BYTES.
+    raw_size: int | None = None
+
+
+def dead_letter(
+    exc: Exception, stage: str, raw: bytes, topic: str | None = None, partition: int | None = None, offset: int | None = None
+) -> DeadLetter:
+    """The dead letter for ``raw`` that failed at ``stage`` (the one way every consumer
+    builds them): the reason, where it came from, and the bytes, cut to a size that is
+    always publishable."""
+    reason = exc.message if isinstance(exc, DecodeError) else str(exc)
+    return DeadLetter(
+        reason=reason[:4096], error=type(exc).__name__, stage=stage, raw=raw[:MAX_DEAD_LETTER_RAW_BYTES], ts=time.time(),
+        topic=topic, partition=partition, offset=offset, raw_size=len(raw),
+    )  # fmt: skip
 
 
 class Feedback(msgspec.Struct, frozen=True, kw_only=True):
@@ -143,11 +174,12 @@ _det_encoder = msgspec.json.Encoder(order="deterministic")
 
 
 def decode(payload: bytes | str) -> RawEvent:
-    """Validate one raw event; fill in a deterministic ``event_id`` when absent."""
+    """Validate one raw event; fill in a deterministic ``event_id`` when absent (from the
+    whole event, before the command line is bounded)."""
     event = _decode_with(_raw_decoder, payload)
     if not event.event_id:
         event = msgspec.structs.replace(event, event_id=derive_event_id(event))
-    return event
+    return bounded(event)
 
 
 def decode_scored(payload: bytes | str) -> ScoredEvent:
@@ -155,7 +187,37 @@ def decode_scored(payload: bytes | str) -> ScoredEvent:
     event = _decode_with(_scored_decoder, payload)
     if not event.event_id:
         raise DecodeError("scored event without event_id")
-    return event
+    return bounded(event)
+
+
+E = TypeVar("E", bound=RawEvent)
+
+
+def bounded(event: E) -> E:
+    """``event`` with its command line and argv cut to the MAX_* bounds and flagged."""
+    argv = event.argv
+    cmd_over = len(event.cmdline) > MAX_CMDLINE_CHARS
+    argv_over = argv is not None and (len(argv) > MAX_ARGV_ITEMS or sum(map(len, argv)) > MAX_ARGV_CHARS)
+    if not (cmd_over or argv_over):
+        return event
+    flags = list(event.flags or [])
+    changes: dict[str, object] = {}
+    if cmd_over:
+        changes["cmdline"] = event.cmdline[:MAX_CMDLINE_CHARS]
+        flags.append(FLAG_CMDLINE_TRUNCATED)
+    if argv_over and argv is not None:
+        kept: list[str] = []
+        room = MAX_ARGV_CHARS
+        for arg in argv[:MAX_ARGV_ITEMS]:
+            if room <= 0:
+                break
+            kept.append(arg[:room])
+            room -= len(kept[-1])
+        changes["argv"] = kept
+        if FLAG_ARGV_TRUNCATED not in flags:
+            flags.append(FLAG_ARGV_TRUNCATED)
+    changes["flags"] = flags[-64:]
+    return msgspec.structs.replace(event, **changes)
 
 
 def _decode_with(decoder: msgspec.json.Decoder, payload: bytes | str):  # type: ignore[no-untyped-def]

@@ -33,7 +33,7 @@ from ruleless.kafka import ensure_topics
 from ruleless.kafka import producer as make_producer
 from ruleless.settings import Settings
 from schemas.errors import BackpressureError, DecodeError, DeliveryRejected, ServiceError, SinkWriteError
-from schemas.events import DeadLetter, decode_scored, encode
+from schemas.events import dead_letter, decode_scored, encode
 from sinks.throttle import Outgoing, Ref, Throttle, route_summary
 from sinks.webhook import StreamTarget, Target, WebhookTarget
 
@@ -150,7 +150,7 @@ class AlertForwarder:
         try:
             alert = decode_scored(msg.value() or b"")
         except DecodeError as exc:
-            self._dead_letter(msg.value() or b"", exc.message, "DecodeError", msg)
+            self._dead_letter(msg.value() or b"", exc, msg)
             self._offsets.settle([ref])
             return
         if not self.throttle.add(alert, ref, self.clock()):
@@ -173,7 +173,7 @@ class AlertForwarder:
             except DeliveryRejected as exc:
                 self.metrics.rejected.inc()
                 log.error("%s; notification %s dead-lettered", exc.message, out.notification.id)
-                self._dead_letter(encode(out.notification), exc.message, type(exc).__name__, None)
+                self._dead_letter(encode(out.notification), exc, None)
                 return True
             except (SinkWriteError, BackpressureError) as exc:
                 attempt += 1
@@ -212,13 +212,9 @@ class AlertForwarder:
         finally:
             self._consumer.resume(self._consumer.assignment())
 
-    def _dead_letter(self, raw: bytes, reason: str, error: str, msg: Message | None) -> None:
-        letter = DeadLetter(
-            reason=reason, error=error, stage="alerts", raw=raw, ts=time.time(),
-            topic=msg.topic() if msg is not None else None,
-            partition=msg.partition() if msg is not None else None,
-            offset=msg.offset() if msg is not None else None,
-        )
+    def _dead_letter(self, raw: bytes, exc: Exception, msg: Message | None) -> None:
+        where = (msg.topic(), msg.partition(), msg.offset()) if msg is not None else (None, None, None)
+        letter = dead_letter(exc, "alerts", raw, *where)
         self._producer.produce(self.settings.topics.dead_letter, encode(letter))
         if self._producer.flush(10):
             raise ServiceError(f"dead-letter topic {self.settings.topics.dead_letter}: delivery not confirmed")
@@ -256,7 +252,7 @@ def run(settings: Settings, webhook: str | None = None) -> None:
     target: Target = WebhookTarget(url, settings.alerts) if url else StreamTarget(sys.stdout)
     forwarder = AlertForwarder(settings, target)
     if settings.alerts.metrics_port:
-        start_http_server(settings.alerts.metrics_port, addr="127.0.0.1", registry=forwarder.metrics.registry)
+        start_http_server(settings.alerts.metrics_port, addr=settings.metrics_host, registry=forwarder.metrics.registry)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

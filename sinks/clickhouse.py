@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import re
+import queue
 import threading
 import urllib.parse
 from abc import ABC, abstractmethod
@@ -352,7 +353,14 @@ class ChdbBackend(Backend):
         self._read_lock = threading.Lock()
         try:
             self._session: Session | None = Session(str(self.path))
-            self._reader: Session | None = Session(f"{self.path}?mode=ro")
+            # Read-only sessions with the read limits fixed at open (a query cannot lift
+            # them: SETTINGS clauses are refused by sinks/query.py, and readonly=1 forbids
+            # changing settings); several, so one slow read does not queue the others.
+            limits = f"mode=ro&max_execution_time={ch.query_timeout_s:g}&max_memory_usage={ch.query_max_memory_mib << 20}"
+            self._readers: queue.Queue[Session] = queue.Queue()
+            for _ in range(ch.query_readers):
+                self._readers.put(Session(f"{self.path}?{limits}"))
+            self._open_readers = ch.query_readers
         except RuntimeError as exc:
             raise ServiceError(
                 f"cannot open the chdb store at {self.path}: {exc}. Only one process may open "
@@ -369,14 +377,30 @@ class ChdbBackend(Backend):
                 raise SinkWriteError(f"chdb: {exc}") from None
 
     def query(self, sql: str, *, readonly: bool = True) -> list[dict[str, Any]]:
-        lock = self._read_lock if readonly else self._lock
-        with lock:
-            session = self._require(self._reader if readonly else self._session)
-            try:
-                result = session.query(sql, "JSONEachRow")
-            except RuntimeError as exc:
-                raise QueryError(str(exc)) from None
-            return _json_rows(result.bytes())
+        if not readonly:
+            with self._lock:
+                return self._run(self._require(self._session), sql)
+        session = self._take_reader()
+        try:
+            return self._run(session, sql)
+        finally:
+            self._readers.put(session)
+
+    def _take_reader(self) -> Any:
+        if self._open_readers == 0:
+            raise SinkWriteError(f"chdb store {self.path} is closed")
+        try:
+            return self._readers.get(timeout=self.ch.query_timeout_s)
+        except queue.Empty:
+            raise QueryError(f"every reader is busy ({self.ch.query_readers}); try again") from None
+
+    @staticmethod
+    def _run(session: Any, sql: str) -> list[dict[str, Any]]:
+        try:
+            result = session.query(sql, "JSONEachRow")
+        except RuntimeError as exc:
+            raise QueryError(str(exc)) from None
+        return _json_rows(result.bytes())
 
     def _insert(self, rows: pa.Table, settings: dict[str, Any]) -> None:
         # chdb's Python() table function finds the Arrow table by its variable name in
@@ -391,9 +415,9 @@ class ChdbBackend(Backend):
 
     def close(self) -> None:
         with self._read_lock:
-            if self._reader is not None:
-                self._reader.close()
-                self._reader = None
+            while self._open_readers:
+                self._readers.get().close()  # waits for reads in flight
+                self._open_readers -= 1
         with self._lock:
             if self._session is not None:
                 self._session.close()
@@ -409,7 +433,8 @@ class ServerBackend(Backend):
     """A ClickHouse server at ``ch.url`` (http or https) with ``ch.username``/``password``.
 
     Reads run with ``readonly=2`` (no writes; settings may still be changed, which the
-    HTTP client needs).
+    HTTP client needs; SETTINGS clauses and table functions are refused before a query
+    gets here, by sinks/query.py) and the read limits of the settings.
     """
 
     kind = "server"
@@ -447,7 +472,8 @@ class ServerBackend(Backend):
     def query(self, sql: str, *, readonly: bool = True) -> list[dict[str, Any]]:
         settings: dict[str, Any] = {"output_format_json_quote_64bit_integers": 0}
         if readonly:
-            settings["readonly"] = 2
+            settings.update(readonly=2, max_execution_time=self.ch.query_timeout_s,
+                            max_memory_usage=self.ch.query_max_memory_mib << 20)  # fmt: skip
         with self._lock:
             client = self._require()
             try:

@@ -38,9 +38,9 @@ from ruleless.kafka import ensure_topics
 from ruleless.kafka import producer as make_producer
 from ruleless.settings import Settings
 from schemas.errors import BackpressureError, DecodeError, ServiceError, SinkWriteError
-from schemas.events import DeadLetter, decode_scored, encode
+from schemas.events import dead_letter, decode_scored, encode
 from sinks.clickhouse import Backend, Row, dedup_token, event_row, open_backend, rows_table
-from sinks.query import QueryServer
+from sinks.query import QueryServer, ensure_token
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,7 @@ class Sink:
         self.settings = settings
         self.metrics = SinkMetrics()
         self.query_url: str | None = None
+        self.query_token: str | None = None
         self._backend = backend
         self._owns_backend = backend is None
         self._consumer: Consumer | None = None
@@ -180,11 +181,13 @@ class Sink:
         try:
             self.backend.ensure_schema()
             try:
-                query_server = QueryServer(self.backend, s.sink.query_host, s.sink.query_port).start()
+                configured = s.sink.query_token.get_secret_value() if s.sink.query_token else None
+                self.query_token = ensure_token(configured, s.data_dir)
+                query_server = QueryServer(self.backend, self.query_token, s.sink.query_host, s.sink.query_port).start()
                 self.query_url = query_server.url
                 if s.sink.metrics_port:
-                    metrics_server, _ = start_http_server(s.sink.metrics_port, registry=self.metrics.registry)
-                    log.info("metrics on :%d/metrics", s.sink.metrics_port)
+                    metrics_server, _ = start_http_server(s.sink.metrics_port, addr=s.metrics_host, registry=self.metrics.registry)
+                    log.info("metrics on %s:%d/metrics", s.metrics_host, s.sink.metrics_port)
             except OSError as exc:
                 raise ServiceError(f"sink cannot listen: {exc}") from None
             ensure_topics(s.kafka, s.topics, names=[s.topics.scored, s.topics.dead_letter])
@@ -289,16 +292,7 @@ class Sink:
             self._open.dead += 1
 
     def _dead_letter(self, msg: Message, exc: DecodeError) -> None:
-        letter = DeadLetter(
-            reason=exc.message,
-            error=type(exc).__name__,
-            stage="sink",
-            raw=msg.value() or b"",
-            ts=time.time(),
-            topic=msg.topic(),
-            partition=msg.partition(),
-            offset=msg.offset(),
-        )
+        letter = dead_letter(exc, "sink", msg.value() or b"", msg.topic(), msg.partition(), msg.offset())
         self._produce_dead(msg.key(), encode(letter))
         self.metrics.dead_lettered.inc()
         log.debug("dead-lettered %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), exc.message)

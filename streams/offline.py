@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 import msgspec
 
@@ -19,6 +19,9 @@ from schemas.events import RawEvent, decode, encode
 from streams.scoring import ScoringService
 
 log = logging.getLogger(__name__)
+
+# A line longer than this is reported invalid without being held in memory whole.
+MAX_LINE_BYTES = 16 << 20
 
 
 @dataclass
@@ -52,17 +55,31 @@ def score_stream(
     return summary
 
 
+def bounded_lines(src: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[bytes]:
+    """The lines of ``src`` as bytes (invalid UTF-8 is the decoder's to report, per line);
+    a line over ``limit`` bytes comes out cut to ``limit + 1`` bytes (the rest skipped,
+    never held), which :func:`score_stream` reports as too long."""
+    while line := src.readline(limit + 1):
+        if len(line) > limit and not line.endswith(b"\n"):
+            while (rest := src.readline(limit)) and not rest.endswith(b"\n"):
+                pass
+        yield line
+
+
 def _decoded(lines: Iterable[str | bytes], summary: ScoreSummary, errors: TextIO | None) -> Iterator[RawEvent]:
     for number, line in enumerate(lines, start=1):
         summary.lines += 1
         if not line.strip():
             continue
         try:
+            if len(line) > MAX_LINE_BYTES:
+                raise DecodeError(f"line longer than {MAX_LINE_BYTES} bytes")
             yield decode(line)
         except DecodeError as exc:
             summary.invalid += 1
             if errors is not None:
-                record = {"line": number, "reason": exc.message, "raw": line if isinstance(line, str) else line.decode("utf-8", "replace")}
+                raw = line if isinstance(line, str) else line.decode("utf-8", "replace")
+                record = {"line": number, "reason": exc.message, "raw": raw[:1024]}
                 errors.write(msgspec.json.encode(record).decode() + "\n")
 
 

@@ -35,11 +35,12 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from ruleless.kafka import consumer as make_consumer
+from ruleless.kafka import topic_incarnation
 from ruleless.settings import Settings
 from schemas.errors import DecodeError, ReplayError, ServiceError
 from schemas.events import NAME_PATTERN, RawEvent, decode
 from streams.engine import Engine
-from streams.store import Position, ShardStore
+from streams.store import Position, ShardStore, position_source
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +259,7 @@ def _read(
     todo = {r.partition: r for r in summary.ranges if r.size}
     if not todo:
         return
+    incarnation = topic_incarnation(settings.kafka, topic)
     cons.assign([TopicPartition(topic, p, r.start) for p, r in todo.items()])
     wanted = {s.encode() for s in shards} if shards is not None else None
     skew = settings.engine.max_future_skew_s
@@ -282,7 +284,7 @@ def _read(
             if event is not None:
                 batch.append(event)
                 summary.shards[event.shard_key] += 1
-                summary.positions[event.shard_key] = Position(f"{topic}/{msg.partition()}", msg.offset())
+                summary.positions[event.shard_key] = Position(position_source(topic, msg.partition(), incarnation), msg.offset())
         if batch:
             engine.score(batch)
             summary.learned += len(batch)

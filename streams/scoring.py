@@ -45,6 +45,8 @@ class ScoringService:
         self._last_compact = time.monotonic()
         # Per shard in memory: the last input event its learning includes (stream only).
         self.positions: dict[str, Position] = {}
+        # Stored positions set aside because they were of another topic incarnation.
+        self.positions_discarded = 0
         # Per shard in memory: when (monotonic) its learning last changed.
         self.last_active: dict[str, float] = {}
 
@@ -74,6 +76,11 @@ class ScoringService:
             known = self.positions.get(key)
             if known is not None and known.covers(position.source, position.offset):
                 continue
+            if known is not None and known.source != position.source:
+                # Another topic incarnation (or partition): its offsets say nothing here.
+                self.positions_discarded += 1
+                log.warning("shard %s: stored position %s@%d is not of %s; discarded, scoring from offset %d",
+                            key, known.source, known.offset, position.source, position.offset)
             fresh.append(event)
             touched.add(key)
             self.positions[key] = position

@@ -39,9 +39,16 @@ _POSITION_FIELDS = [
 ]
 
 
+def position_source(topic: str, partition: int, incarnation: str = "") -> str:
+    """A Position's ``source``: "topic/partition", with "#incarnation" (the topic id) when
+    the broker has one, so an offset is only ever compared within one incarnation."""
+    return f"{topic}/{partition}#{incarnation}" if incarnation else f"{topic}/{partition}"
+
+
 @dataclass(frozen=True, slots=True)
 class Position:
-    """The last input event a shard's learning includes: ``source`` is "topic/partition"."""
+    """The last input event a shard's learning includes: ``source`` is
+    :func:`position_source` of where it was read."""
 
     source: str
     offset: int

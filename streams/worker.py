@@ -29,24 +29,29 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import faust
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError, KafkaException, Message
 from faust.types import EventT
 
-from ruleless.kafka import ensure_topics
+from ruleless.kafka import check_copartitioned, ensure_topics, topic_incarnation
 from ruleless.kafka import producer as make_producer
 from ruleless.metrics import WorkerMetrics, serve_metrics
 from ruleless.settings import Settings
 from schemas.errors import DecodeError, ServiceError
-from schemas.events import DeadLetter, RawEvent, ScoredEvent, decode, decode_feedback, encode
+from schemas.events import DeadLetter, RawEvent, ScoredEvent, dead_letter, decode, decode_feedback, encode
 from streams import faust_transport
 from streams.scoring import PendingWrite, ScoringService
-from streams.store import Position
+from streams.store import Position, position_source
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 # How long a batch's outputs may take to be acknowledged before the worker gives up.
 DELIVERY_TIMEOUT_S = 60.0
+# Errors about one message itself, not the broker: that output is dead-lettered.
+REFUSED_MESSAGE = frozenset({
+    KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE,
+    KafkaError.INVALID_RECORD, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_MSG,
+})  # fmt: skip
 
 
 def faust_broker_options(settings: Settings) -> dict[str, Any]:
@@ -103,6 +108,9 @@ class ScoringAgent:
         self._last_maintenance = time.monotonic()
         # Set when a batch or a write failed: nothing after it may be flushed or acked.
         self.failed = False
+        # The raw topic's id, read at every assignment (see ruleless.kafka.topic_incarnation).
+        self.incarnation = ""
+        self._discarded_seen = 0
         self._delivery_failures: list[str] = []
 
     async def _engine(self, fn: Callable[..., T], *args: Any) -> T:
@@ -136,9 +144,14 @@ class ScoringAgent:
         self._stream = stream
         started = time.perf_counter()
         good, bad = self._decode(events)
-        positions = [Position(f"{ev.message.topic}/{ev.message.partition}", ev.message.offset) for _, ev in good]
+        positions = [Position(position_source(ev.message.topic, ev.message.partition, self.incarnation), ev.message.offset)
+                     for _, ev in good]
         dead = [(ev.key, letter) for ev, letter in bad]
         scored, skipped = await self._engine(self._score_and_publish, [e for e, _ in good], positions, dead)
+        discarded = self.service.positions_discarded
+        if discarded > self._discarded_seen:
+            self.metrics.positions_discarded.inc(discarded - self._discarded_seen)
+            self._discarded_seen = discarded
         if skipped:
             self.metrics.already_learned.inc(skipped)
             log.info("skipped %d re-delivered events their shards had already learned", skipped)
@@ -163,9 +176,22 @@ class ScoringAgent:
         self.producer.poll(0)
         return scored, skipped
 
-    def _delivered(self, err: KafkaError | None, _msg: Message) -> None:
-        if err is not None:
+    def _delivered(self, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            return
+        if err.code() in REFUSED_MESSAGE and msg.topic() != self.topics.dead_letter:
+            self._refused(msg.topic(), msg.key(), msg.value() or b"", err.str())
+        else:
             self._delivery_failures.append(str(err))
+
+    def _refused(self, topic: str, key: bytes | None, value: bytes, why: str) -> None:
+        """An output the broker or librdkafka refuses for what it is (too large, invalid)
+        goes to the dead-letter topic with the reason; it never stops the worker, or one
+        crafted event would switch detection off for its partition (issue 14)."""
+        log.error("output to %s refused (%s): dead-lettered", topic, why)
+        letter = dead_letter(ServiceError(f"output to {topic} refused: {why}"), "worker-output", value, topic)
+        self.metrics.dead_lettered.inc()
+        self._produce(self.topics.dead_letter, key, encode(letter))
 
     def _raise_on_failed_delivery(self) -> None:
         if self._delivery_failures:
@@ -186,6 +212,12 @@ class ScoringAgent:
                 return
             except BufferError:  # librdkafka's queue is full: let deliveries drain
                 self.producer.poll(0.05)
+            except KafkaException as exc:  # refused before sending, e.g. over message.max.bytes
+                err = exc.args[0]
+                if err.code() not in REFUSED_MESSAGE or topic == self.topics.dead_letter:
+                    raise ServiceError(f"cannot publish to {topic}: {err}") from None
+                self._refused(topic, key, value, err.str())
+                return
 
     def _decode(self, events: list[EventT]) -> tuple[list[tuple[RawEvent, EventT]], list[tuple[EventT, DeadLetter]]]:
         good: list[tuple[RawEvent, EventT]] = []
@@ -200,10 +232,7 @@ class ScoringAgent:
                 good.append((event, ev))
             except DecodeError as exc:
                 msg = ev.message
-                bad.append((ev, DeadLetter(
-                    reason=exc.message, error=type(exc).__name__, stage="worker", raw=raw,
-                    ts=time.time(), topic=msg.topic, partition=msg.partition, offset=msg.offset,
-                )))
+                bad.append((ev, dead_letter(exc, "worker", raw, msg.topic, msg.partition, msg.offset)))
         return good, bad
 
     async def apply_feedback(self, stream: Any, events: list[EventT]) -> None:
@@ -214,8 +243,7 @@ class ScoringAgent:
                 fb = decode_feedback(raw)
             except DecodeError as exc:
                 msg = ev.message
-                dead = DeadLetter(reason=exc.message, error=type(exc).__name__, stage="feedback", raw=raw,
-                                  ts=time.time(), topic=msg.topic, partition=msg.partition, offset=msg.offset)
+                dead = dead_letter(exc, "feedback", raw, msg.topic, msg.partition, msg.offset)
                 await self._engine(self._score_and_publish, [], [], [(ev.key, dead)])
                 continue
             await self._engine(self.service.feedback, fb.event, fb.label)
@@ -379,7 +407,13 @@ def create_app(settings: Settings) -> faust.App:
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: faust.App, assigned: set[Any], **kwargs: Any) -> None:
         mine = sorted(tp.partition for tp in assigned if tp.topic == settings.topics.raw)
-        log.info("assigned %d partitions of %s: %s", len(mine), settings.topics.raw, mine)
+        # A broker restarted with its topics gone (or a topic re-created) has a new
+        # incarnation, and every member gets a new assignment: read it again here.
+        async with agent_state._lock:
+            agent_state.incarnation = await asyncio.get_running_loop().run_in_executor(
+                None, topic_incarnation, settings.kafka, settings.topics.raw)
+        log.info("assigned %d partitions of %s (topic id %s): %s", len(mine), settings.topics.raw,
+                 agent_state.incarnation or "-", mine)
 
     app.ruleless = agent_state  # type: ignore[attr-defined]
     return app
@@ -388,7 +422,8 @@ def create_app(settings: Settings) -> faust.App:
 def run(settings: Settings) -> None:
     """Start one worker process; returns when it is stopped (SIGINT/SIGTERM)."""
     ensure_topics(settings.kafka, settings.topics)
-    serve_metrics(settings.worker.metrics_port)
+    check_copartitioned(settings.kafka, [settings.topics.raw, settings.topics.feedback])
+    serve_metrics(settings.worker.metrics_port, settings.metrics_host)
     app = create_app(settings)
     log.info(
         "worker %s: %s -> %s (alerts %s, dead letters %s), shards in %s, algorithm %s (%s build)",

@@ -17,6 +17,7 @@ import pytest
 from ruleless.broker import EmbeddedBroker, free_port
 from ruleless.kafka import ensure_topics
 from ruleless.settings import Settings, load_settings
+from tests.processes import QUERY_TOKEN
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +58,7 @@ def settings(tmp_path: Path, kafka_bootstrap: str) -> Settings:
             "metrics_port": 0,
             "web_port": 0,
         },
-        sink={"group_id": f"sink-{tag}", "metrics_port": 0, "query_port": free_port()},
+        sink={"group_id": f"sink-{tag}", "metrics_port": 0, "query_port": free_port(), "query_token": QUERY_TOKEN},
         agent={"metrics_port": 0},
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from ruleless.settings import Settings, child_env
 from schemas.events import RawEvent, encode
 
 RULELESS = str(Path(sys.executable).parent / "ruleless")
+# The sinks of a test session serve reads with this token (tests/conftest.py: settings).
+QUERY_TOKEN = secrets.token_urlsafe(16)
 
 
 @contextmanager

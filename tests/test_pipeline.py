@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,20 +15,20 @@ from ruleless.broker import free_port
 from ruleless.kafka import producer
 from ruleless.settings import Settings
 from schemas.events import encode
-from sinks.query import query_http
+from sinks.query import query_http, read_token
 from streams.scoring import ScoringService
 from tests.factories import fleet_stream
-from tests.processes import RULELESS, ruleless_process
+from tests.processes import QUERY_TOKEN, RULELESS, ruleless_process
 
 pytestmark = pytest.mark.integration
 
 
-def poll_sql(url: str, sql: str, until, timeout: float = 180.0):  # type: ignore[no-untyped-def]
+def poll_sql(url: str, sql: str, until, timeout: float = 180.0, token: Callable[[], str | None] = lambda: QUERY_TOKEN):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     rows = None
     while time.monotonic() < deadline:
         try:
-            rows = query_http(url, sql)
+            rows = query_http(url, sql, token())
             if until(rows):
                 return rows
         except Exception:  # the sink may not be serving yet  # noqa: BLE001
@@ -49,8 +50,8 @@ def test_every_event_lands_once_in_clickhouse_with_the_offline_score(topics: Set
             prod.produce(topics.topics.raw, key=e.shard_key.encode(), value=encode(e))
         assert prod.flush(60) == 0
         poll_sql(url, f"SELECT count() AS n FROM {table} FINAL", lambda r: r and int(r[0]["n"]) >= len(events))
-        rows = query_http(url, f"SELECT event_id, score, severity, model FROM {table} FINAL")
-        pairs = query_http(url, f"SELECT uniqExact(org_id, workload) AS n FROM {table} FINAL")
+        rows = query_http(url, f"SELECT event_id, score, severity, model FROM {table} FINAL", QUERY_TOKEN)
+        pairs = query_http(url, f"SELECT uniqExact(org_id, workload) AS n FROM {table} FINAL", QUERY_TOKEN)
 
     assert len(rows) == len(events)
     assert int(pairs[0]["n"]) == 20
@@ -80,7 +81,9 @@ def test_ruleless_up_scores_this_hosts_own_processes(tmp_path: Path) -> None:
     )
     try:
         url = f"http://127.0.0.1:{query_port}"
-        poll_sql(url, "SELECT 1 AS ok", lambda r: bool(r), timeout=120)
+        # The sink of `ruleless up` makes its own token, readable by this user only.
+        token = lambda: read_token(None, str(tmp_path / "data"))  # noqa: E731
+        poll_sql(url, "SELECT 1 AS ok", lambda r: bool(r), timeout=120, token=token)
         time.sleep(5)  # let the worker join its group before the process we look for runs
         child = subprocess.Popen(["sleep", marker])
         rows = poll_sql(
@@ -88,6 +91,7 @@ def test_ruleless_up_scores_this_hosts_own_processes(tmp_path: Path) -> None:
             f"SELECT cmdline, score, severity, org_id, host FROM ruleless.security_events FINAL WHERE cmdline = 'sleep {marker}'",
             lambda r: bool(r),
             timeout=120,
+            token=token,
         )
         child.kill()
         assert rows[0]["org_id"] == "selftest"
@@ -99,3 +103,6 @@ def test_ruleless_up_scores_this_hosts_own_processes(tmp_path: Path) -> None:
     assert up.returncode == 0, text
     assert "ruleless is up" in text and "ruleless query" in text
     assert "stopped." in text
+    # Everything it wrote (shards, ClickHouse, spool, logs, the query token) is owner-only.
+    shared = [str(p) for p in (tmp_path / "data").rglob("*") if p.stat().st_mode & 0o077]
+    assert not shared, f"readable by others: {shared[:10]}"

@@ -32,7 +32,7 @@ from sinks.query import query_http
 from streams.scoring import ScoringService
 from streams.store import Position
 from tests.bench import fleet, record
-from tests.processes import produce_paced, ruleless_process
+from tests.processes import QUERY_TOKEN, produce_paced, ruleless_process
 
 pytestmark = pytest.mark.bench
 
@@ -64,7 +64,7 @@ def url_of(settings: Settings) -> str:
 
 def rows(settings: Settings, final: bool = False) -> int:
     table = f"{settings.clickhouse.database}.{settings.clickhouse.table}"
-    return int(query_http(url_of(settings), f"SELECT count() AS n FROM {table}{' FINAL' if final else ''}")[0]["n"])
+    return int(query_http(url_of(settings), f"SELECT count() AS n FROM {table}{' FINAL' if final else ''}", QUERY_TOKEN)[0]["n"])
 
 
 def wait_rows(settings: Settings, target: int, timeout: float, on_sample: Callable[[float, int], None] | None = None) -> None:
@@ -241,7 +241,7 @@ def test_produce_to_clickhouse_latency_benchmark(settings: Settings, stream: lis
             f"SELECT event_id, min(toUnixTimestamp64Micro(inserted_at)) / 1e6 - any(ts) AS lat, "
             f"min(toUnixTimestamp64Micro(scored_at)) / 1e6 - any(ts) AS scoring FROM {table} "
             f"WHERE event_id LIKE 'lat-%' GROUP BY event_id)"
-        ))[0]
+        ), QUERY_TOKEN)[0]
     assert int(q["n"]) == total
     p50, p99 = q["q"]
     at = f"at {rate:,}/s"

@@ -26,7 +26,7 @@ def test_score_keeps_input_order_and_gives_the_engines_scores(algorithm: str, tm
     lines = [encode(e) for e in events]
     lines.insert(10, b"{broken")
     lines.insert(300, b'{"ts": 1, "org_id": "bad/name", "workload": "w"}')
-    done = run("score", "--input", "-", "--output", "-", "--algorithm", algorithm, stdin=b"\n".join(lines) + b"\n")
+    done = run("score", "--input", "-", "--output", "-", "--algorithm", algorithm, "--max-invalid", "2", stdin=b"\n".join(lines) + b"\n")
     assert done.returncode == 0, done.stderr
     out = [json.loads(line) for line in done.stdout.splitlines()]
     assert [o["event_id"] for o in out] == [e.event_id for e in events]
@@ -66,3 +66,39 @@ def test_bad_settings_are_a_clear_error() -> None:
     done = run("config", "show", env={"RULELESS_ENGINE__WARN": "2"})
     assert done.returncode == 2
     assert b"engine.warn" in done.stderr
+
+
+def test_score_takes_hostile_lines_in_its_stride(tmp_path: Path) -> None:
+    """Issue 15: one line of invalid UTF-8 used to kill the run with a traceback and no
+    output. Every valid line is scored and written; each bad one is reported with its
+    line number; the exit code says lines were invalid."""
+    events = fleet_stream(pairs=1, per_pair=50, seed=4)
+    hostile = [
+        b'{"ts": 1, "org_id": "a", "workload": "w", "cmdline": "\xff\xfe"}',  # invalid UTF-8
+        b'{"ts": 1, "org_id": "a", "workload": "w", "cmdline": "a\x00b"}',  # raw NUL
+        b"\x00\x00\x00",
+        b'{"ts": 1, "org_id": "a", "workload": "w", "cmdline": "' + b"x" * (17 << 20) + b'"}',  # over 16 MiB
+        b'{"ts": 1e400, "org_id": "a", "workload": "w"}',
+        b'{"ts": 1, "org_id": "a", "workload": "w", "pid": 99999999999999999999999}',
+    ]
+    lines = [encode(e) for e in events]
+    for i, bad in enumerate(hostile):
+        lines.insert(5 + 7 * i, bad)
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    done = run("score", "-i", str(src), "-o", str(tmp_path / "out.jsonl"), "--errors", str(tmp_path / "errors.jsonl"))
+    assert done.returncode == 1 and b"6 invalid lines" in done.stderr, done.stderr
+    assert b"Traceback" not in done.stderr
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [o["event_id"] for o in out] == [e.event_id for e in events]
+    errors = [json.loads(line) for line in (tmp_path / "errors.jsonl").read_text().splitlines()]
+    assert [e["line"] for e in errors] == [6 + 7 * i for i in range(len(hostile))]
+    assert all(e["reason"] for e in errors) and "16777216 bytes" in errors[3]["reason"]
+    tolerated = run("score", "-i", str(src), "-o", str(tmp_path / "out2.jsonl"), "--max-invalid", "6")
+    assert tolerated.returncode == 0, tolerated.stderr
+
+
+def test_score_of_a_missing_file_is_one_clear_line() -> None:
+    done = run("score", "-i", "/nonexistent/in.jsonl", "-o", "-")
+    assert done.returncode == 2
+    assert b"cannot open /nonexistent/in.jsonl" in done.stderr and b"Traceback" not in done.stderr

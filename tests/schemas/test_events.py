@@ -82,3 +82,37 @@ def test_schema_comparison_ignores_prose_whitespace_but_not_structure() -> None:
     assert structure(doc) == structure({"properties": {"a": {"type": "string", "description": "One line.\nIndented."}}})
     assert structure(doc) != structure({"properties": {"a": {"type": "integer", "description": "One line. Indented."}}})
     assert structure(doc) != structure({"properties": {"a": {"type": "string", "description": "Other words."}}})
+
+
+def test_a_huge_command_line_is_cut_and_flagged_with_its_id_from_the_whole() -> None:
+    from schemas.events import FLAG_ARGV_TRUNCATED, FLAG_CMDLINE_TRUNCATED, MAX_ARGV_CHARS, MAX_ARGV_ITEMS, MAX_CMDLINE_CHARS
+
+    def huge(tail: str) -> bytes:
+        return json.dumps({"ts": 1, "org_id": "a", "workload": "w", "cmdline": "x" * (1 << 20) + tail,
+                           "argv": ["y"] * 5000, "flags": ["exe_deleted"]}).encode()
+
+    a, b = decode(huge("1")), decode(huge("2"))
+    assert len(a.cmdline) == MAX_CMDLINE_CHARS and a.cmdline == b.cmdline
+    assert a.event_id != b.event_id  # derived before the cut: different commands stay apart
+    assert a.argv is not None and len(a.argv) == MAX_ARGV_ITEMS
+    assert a.flags == ["exe_deleted", FLAG_CMDLINE_TRUNCATED, FLAG_ARGV_TRUNCATED]
+    long_args = decode(json.dumps({"ts": 1, "org_id": "a", "workload": "w", "argv": ["z" * 20_000] * 3}).encode())
+    assert long_args.argv is not None and sum(map(len, long_args.argv)) == MAX_ARGV_CHARS
+    assert decode(GOOD) is not None and decode(GOOD).flags is None  # the common case is untouched
+
+
+def test_other_text_fields_over_their_bound_are_refused() -> None:
+    with pytest.raises(DecodeError, match="host"):
+        decode(json.dumps({"ts": 1, "org_id": "a", "workload": "w", "host": "h" * 5000}).encode())
+    with pytest.raises(DecodeError, match="ancestors"):
+        decode(json.dumps({"ts": 1, "org_id": "a", "workload": "w", "ancestors": ["sh"] * 65}).encode())
+
+
+def test_a_dead_letter_keeps_the_reason_and_a_bounded_copy_of_the_bytes() -> None:
+    from schemas.events import MAX_DEAD_LETTER_RAW_BYTES, dead_letter
+
+    raw = b"x" * (10 << 20)
+    letter = dead_letter(DecodeError("not JSON: truncated"), "worker", raw, "raw", 3, 42)
+    assert (letter.reason, letter.error, letter.stage) == ("not JSON: truncated", "DecodeError", "worker")
+    assert letter.raw == raw[:MAX_DEAD_LETTER_RAW_BYTES] and letter.raw_size == len(raw)
+    assert (letter.topic, letter.partition, letter.offset) == ("raw", 3, 42)

@@ -71,3 +71,27 @@ def test_another_partition_or_topic_is_never_skipped() -> None:
     assert not at.covers("raw/1", 51)
     assert not at.covers("raw/2", 10)
     assert not at.covers("raw-v2/1", 10)
+
+
+def test_a_position_of_another_topic_incarnation_is_discarded_not_trusted(tmp_path: Path) -> None:
+    """Issue 14: after an embedded broker restart (or a topic re-created) offsets start
+    at 0 again; a shard that learned up to offset 199 of the old topic must score the new
+    topic's offsets 0..199, not skip them as already learned."""
+    from streams.store import position_source
+
+    events = fleet_stream(pairs=1, per_pair=400, seed=9)
+    old, new = position_source("raw", 0, "topicA"), position_source("raw", 0, "topicB")
+    assert (old, new) == ("raw/0#topicA", "raw/0#topicB") and position_source("raw", 0) == "raw/0"
+    first = service(tmp_path)
+    first.score_new(events[:200], [Position(old, i) for i in range(200)])
+    first.flush()
+
+    again = service(tmp_path)  # the same incarnation: everything already learned is skipped
+    assert again.score_new(events[:200], [Position(old, i) for i in range(200)]) == ([], 200)
+
+    after = service(tmp_path)
+    scored, skipped = after.score_new(events[200:], [Position(new, i) for i in range(200)])
+    assert skipped == 0 and len(scored) == 200
+    assert after.positions_discarded == 1
+    after.flush()
+    assert after.store.load_with_position(after.algorithm, events[0].shard_key)[1] == Position(new, 199)  # type: ignore[index]

@@ -186,3 +186,64 @@ def test_a_moved_internal_stops_the_worker_with_its_name(monkeypatch: pytest.Mon
     monkeypatch.delattr(driver.AIOKafkaConsumerThread, "_create_worker_consumer")
     with pytest.raises(RuntimeError, match=r"AIOKafkaConsumerThread\._create_worker_consumer is gone"):
         faust_transport.register()
+
+
+def test_huge_messages_are_scored_cut_or_dead_lettered_and_never_stop_the_worker(topics: Settings, tmp_path: Path) -> None:
+    """Issue 14: a 1 MiB command line once crashed the worker (MSG_SIZE_TOO_LARGE on its
+    output). Now the command line is cut and flagged at decode and still scored; a huge
+    undecodable message is dead-lettered with its first 64 KiB; everything else flows."""
+    from schemas.events import FLAG_CMDLINE_TRUNCATED, MAX_CMDLINE_CHARS, MAX_DEAD_LETTER_RAW_BYTES
+
+    good = fleet_stream(pairs=2, per_pair=100, seed=11)
+    huge = [
+        event(ts=good[-1].ts + 1, cmdline="sh -c " + "A" * (1 << 20)),
+        event(ts=good[-1].ts + 2, cmdline="python3 -c " + "B" * (10 << 20), argv=["python3", "-c", "B" * (10 << 20)]),
+    ]
+    garbage = b"{" + b"x" * (10 << 20)
+    t = topics.topics
+    with ruleless_process(topics, "worker", log=tmp_path / "worker.log") as proc:
+        prod = producer(topics.kafka, **{"message.max.bytes": 32 << 20})
+        for i, e in enumerate(good):
+            prod.produce(t.raw, key=e.shard_key.encode(), value=encode(e))
+            if i == 50:
+                for h in huge:
+                    prod.produce(t.raw, key=h.shard_key.encode(), value=encode(h))
+                prod.produce(t.raw, key=b"acme/web", value=garbage)
+        assert prod.flush(60) == 0
+        got = drain(topics, [t.scored, t.dead_letter],
+                    lambda g: len(g[t.scored]) >= len(good) + 2 and len(g[t.dead_letter]) >= 1)
+        assert proc.poll() is None, "the worker stopped"
+
+    scored = {s.event_id: s for s in map(decode_scored, got[t.scored])}
+    assert len(scored) == len(good) + 2
+    for h in huge:
+        out = scored[h.event_id]
+        assert len(out.cmdline) == MAX_CMDLINE_CHARS and FLAG_CMDLINE_TRUNCATED in (out.flags or [])
+        assert out.score > 0
+    (letter,) = [json.loads(m) for m in got[t.dead_letter]]
+    assert letter["stage"] == "worker" and "JSON" in letter["reason"]
+    assert letter["raw_size"] == len(garbage) and len(letter["raw"]) < 2 * MAX_DEAD_LETTER_RAW_BYTES  # base64
+
+
+def test_an_output_the_broker_refuses_is_dead_lettered_not_fatal(settings: Settings, monkeypatch: pytest.MonkeyPatch, topics: Settings) -> None:
+    """Belt and braces behind the decode bounds: whatever output librdkafka refuses for
+    its size goes to the dead-letter topic with the reason, and scoring goes on."""
+    from ruleless.kafka import producer as make_producer
+    from streams import worker
+    from streams.store import Position
+
+    limit = 100_000  # above a dead letter's size (64 KiB of raw, base64), below this output's
+    monkeypatch.setattr(worker, "make_producer", lambda kafka, **extra: make_producer(kafka, **{**extra, "message.max.bytes": limit}))
+    agent = worker.create_app(topics).ruleless  # type: ignore[attr-defined]
+    # Control characters are 6 bytes each in JSON: a bounded command line, a 120 kB output.
+    events = [event(cmdline="printf " + "\x01" * 20_000), *fleet_stream(pairs=1, per_pair=5, seed=4)]
+    positions = [Position("raw/0", i) for i in range(len(events))]
+    scored, _ = agent._score_and_publish(events, positions, [])
+    agent._await_delivery()
+    t = topics.topics
+    got = drain(topics, [t.scored, t.dead_letter], lambda g: len(g[t.scored]) >= 5 and len(g[t.dead_letter]) >= 1)
+    assert len(scored) == 6 and len(got[t.scored]) == 5
+    letters = [json.loads(m) for m in got[t.dead_letter]]
+    # (its copy on the alerts topic, when it alerts, is refused and dead-lettered too)
+    assert sorted(x["topic"] for x in letters) == sorted([t.scored] + [t.alerts] * (scored[0].severity != "ok"))
+    assert all(x["stage"] == "worker-output" and "refused" in x["reason"] for x in letters)

@@ -24,7 +24,7 @@ from schemas.events import RawEvent
 from sinks.query import query_http
 from streams.scoring import ScoringService
 from tests.factories import fleet_stream
-from tests.processes import produce_paced, ruleless_process
+from tests.processes import QUERY_TOKEN, produce_paced, ruleless_process
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +77,7 @@ def test_sigkilled_worker_loses_nothing_and_scores_stay_exact(topics: Settings, 
     logs = {name: tmp_path / f"worker-{name}.log" for name in ("a", "b")}
 
     def stored() -> int:
-        return int(query_http(url, f"SELECT count() AS n FROM {table} FINAL")[0]["n"])
+        return int(query_http(url, f"SELECT count() AS n FROM {table} FINAL", QUERY_TOKEN)[0]["n"])
 
     with ruleless_process(topics, "sink", log=tmp_path / "sink.log"), ruleless_process(
         worker_settings(topics, "a", tmp_path), "worker", log=logs["a"]
@@ -101,8 +101,8 @@ def test_sigkilled_worker_loses_nothing_and_scores_stay_exact(topics: Settings, 
             wait_until("the survivor to own every partition", lambda: assignment(logs["b"]) == {0, 1, 2, 3})
             wait_until("every event in ClickHouse", lambda: stored() >= n, timeout=180)
             time.sleep(2)  # a late duplicate would show up within a sink batch or two
-            rows = query_http(url, f"SELECT event_id, score, severity, model FROM {table} FINAL")
-            dupes = query_http(url, f"SELECT count() AS n FROM (SELECT event_id FROM {table} FINAL GROUP BY event_id HAVING count() > 1)")
+            rows = query_http(url, f"SELECT event_id, score, severity, model FROM {table} FINAL", QUERY_TOKEN)
+            dupes = query_http(url, f"SELECT count() AS n FROM (SELECT event_id FROM {table} FINAL GROUP BY event_id HAVING count() > 1)", QUERY_TOKEN)
             assert b.poll() is None, "the surviving worker died"
 
     assert len(rows) == n and {r["event_id"] for r in rows} == {e.event_id for e in events}
