@@ -106,3 +106,81 @@ def test_ruleless_up_scores_this_hosts_own_processes(tmp_path: Path) -> None:
     # Everything it wrote (shards, ClickHouse, spool, logs, the query token) is owner-only.
     shared = [str(p) for p in (tmp_path / "data").rglob("*") if p.stat().st_mode & 0o077]
     assert not shared, f"readable by others: {shared[:10]}"
+
+
+def _children(pid: int) -> dict[str, int]:
+    """The direct children of ``pid`` by role ("sink", "worker", "agent", "broker")."""
+    found: dict[str, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = [a.decode() for a in (stat.parent / "cmdline").read_bytes().split(b"\0") if a]
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) != pid:
+            continue
+        if cmdline and "tansu" in cmdline[0]:
+            found["broker"] = int(stat.parent.name)
+        elif cmdline and cmdline[-1] in ("sink", "worker", "agent"):  # python …/ruleless ROLE
+            found[cmdline[-1]] = int(stat.parent.name)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.25)
+
+
+def test_ruleless_up_restarts_what_dies_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    """Issue 14: a SIGKILLed worker or broker is started again (and events captured after
+    a broker restart still reach ClickHouse, though offsets start at 0 again); a SIGKILLed
+    `ruleless up` takes every part with it."""
+    query_port = free_port()
+    env = {
+        **os.environ,
+        "RULELESS_KAFKA__BOOTSTRAP": f"127.0.0.1:{free_port()}",
+        "RULELESS_SINK__QUERY_PORT": str(query_port),
+        "RULELESS_WORKER__METRICS_PORT": str(free_port()),
+        "RULELESS_SINK__METRICS_PORT": str(free_port()),
+        "RULELESS_AGENT__METRICS_PORT": str(free_port()),
+        "RULELESS_AGENT__ORG_ID": "supervised",
+    }
+    up = subprocess.Popen([RULELESS, "up", "--data-dir", str(tmp_path / "data")], env=env,
+                          stdout=open(tmp_path / "up.log", "wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{query_port}"
+    token = lambda: read_token(None, str(tmp_path / "data"))  # noqa: E731
+    try:
+        poll_sql(url, "SELECT 1 AS ok", lambda r: bool(r), timeout=120, token=token)
+        parts = _children(up.pid)
+        assert set(parts) == {"broker", "sink", "worker", "agent"}, parts
+
+        os.kill(parts["worker"], signal.SIGKILL)
+        _wait("a new worker", lambda: _children(up.pid).get("worker", parts["worker"]) != parts["worker"], 30)
+
+        os.kill(parts["broker"], signal.SIGKILL)
+        _wait("a new broker", lambda: _children(up.pid).get("broker", parts["broker"]) != parts["broker"], 30)
+        time.sleep(10)  # the worker's group forms again on the new broker
+        marker = f"{time.time() % 1000:.3f}"
+        subprocess.run(["sleep", marker], check=True)
+        poll_sql(url, f"SELECT cmdline FROM ruleless.security_events FINAL WHERE cmdline = 'sleep {marker}'",
+                 lambda r: bool(r), timeout=180, token=token)
+
+        parts = _children(up.pid)
+        up.kill()
+        up.wait()
+        _wait("every part of the killed `ruleless up` to exit", lambda: not any(_alive(p) for p in parts.values()), 30)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    text = (tmp_path / "up.log").read_text(errors="replace")
+    assert "worker exited with" in text and "broker exited" in text, text
