@@ -22,6 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from ruleless.logs import librdkafka_logger
 from schemas.events import NAME_PATTERN
 
 
@@ -49,6 +50,7 @@ class KafkaSettings(BaseModel):
             "bootstrap.servers": self.bootstrap,
             "security.protocol": self.security_protocol,
             "client.id": self.client_id,
+            "logger": librdkafka_logger(),
         }
         if self.sasl_mechanism:
             conf["sasl.mechanism"] = self.sasl_mechanism
