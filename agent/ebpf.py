@@ -29,6 +29,7 @@ import importlib
 import ipaddress
 import logging
 import os
+from functools import lru_cache
 import socket
 import struct
 import sys
@@ -492,7 +493,7 @@ class EbpfBackend:
             uid=record.uid,
             user=user_name(record.uid),
             process_name=record.comm,
-            exe=(info.exe if info is not None and info.exe else record.filename) or None,
+            exe=(info.exe if info is not None and info.exe else resolved(record.filename)) or None,
             cmdline=" ".join(argv),
             argv=argv,
             parent_process=ancestors[0] if ancestors else "",
@@ -600,3 +601,11 @@ def _epoch(monotonic_ns: int) -> float:
 
 def _boottime_offset_ns() -> int:
     return time.clock_gettime_ns(time.CLOCK_BOOTTIME) - time.monotonic_ns()
+
+
+@lru_cache(maxsize=4096)
+def resolved(filename: str) -> str:
+    """The file an exec'd path names, as /proc/PID/exe would give it (``/bin/sh`` →
+    ``/usr/bin/dash``), so a process that exited before it was read has the same program
+    identity as one that did not (issue 13). Relative paths are kept as they are."""
+    return os.path.realpath(filename) if filename.startswith("/") else filename

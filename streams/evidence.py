@@ -13,6 +13,8 @@ args        the program             the normalised argument template
 arg         the program             each normalised argument token
 path        the program             each directory its arguments name
 net         the program             peer class and port of a connection
+code        the interpreter         each name the inline code of ``python3 -c``,
+                                    ``perl -e``… uses
 ==========  ======================  =========================================
 
 ``sh -c`` scripts are split into their simple commands, each observed like an exec of
@@ -62,7 +64,9 @@ import pyarrow as pa
 from ruleless.settings import EngineSettings
 from schemas.events import RawEvent
 from streams.algorithm import Changes, Verdict, register
-from streams.normalize import basename, normalize_token, script_commands, shell_script, split_args
+from streams.normalize import (
+    basename, code_words, interpreter_code, normalize_token, program_path, script_commands, shell_script, split_args,
+)
 
 SEP = "\x1f"
 META_KEY = "__meta__"
@@ -78,6 +82,7 @@ WEIGHTS = {
     "arg": 0.5,
     "path": 0.5,
     "net": 0.9,
+    "code": 0.5,
 }
 MAX_ARGS = 24
 SCRIPT_WEIGHT = 0.9  # commands inside `sh -c` count slightly less than real execs
@@ -178,7 +183,7 @@ _observation = lru_cache(maxsize=1 << 18)(Observation)
 
 def _program(event: RawEvent) -> str:
     if event.exe:
-        return normalize_token(event.exe)
+        return program_path(event.exe)
     return normalize_token(event.process_name) or "?"
 
 
@@ -232,7 +237,7 @@ def _featurize(
     ancestors: tuple[str, ...], cmdline: str, argv: tuple[str, ...] | None, peer: str,
     local_port: int | None,
 ) -> tuple[Observation, ...]:
-    program = normalize_token(exe) if exe else (normalize_token(process_name) or "?")
+    program = program_path(exe) if exe else (normalize_token(process_name) or "?")
     parent_n = normalize_token(parent) or "?"
     out: list[Observation] = []
     if event_type != "exec":
@@ -249,6 +254,13 @@ def _featurize(
         out.append(_observation("lineage", lineage, program, WEIGHTS["lineage"]))
     args = list(argv) if argv else split_args(cmdline, None)
     out.extend(_arg_observations(program, args[1:], 1.0))
+    code = interpreter_code(basename(exe or process_name), args)
+    if code is not None:
+        # An interpreter's inline code is observed as the names it uses, not split as
+        # if it were a shell script (issue 13).
+        weight = WEIGHTS["code"]
+        out.extend(_observation("code", program, word, weight, "args") for word in code_words(code))
+        return tuple(out)
     script = shell_script(args)
     if script:
         shell = normalize_token(basename(process_name or program))
@@ -764,6 +776,8 @@ def _describe(o: Observation) -> str:
         return f"{o.ctx} with arguments {o.value[:80]!r}"
     if o.kind == "arg":
         return f"{o.ctx} argument {o.value[:60]!r}"
+    if o.kind == "code":
+        return f"{o.ctx} code using {o.value[:60]!r}"
     return f"{o.ctx} {o.value}"
 
 

@@ -14,13 +14,17 @@ from functools import lru_cache
 from collections.abc import Callable
 
 # (pattern, placeholder, a substring every match contains: the rule is skipped without it)
-# Applied lower-cased, after the identifiers (_IDS) and mktemp names.
+# Applied after the identifiers (_IDS) and mktemp names; lower-cased except in options.
 _RULES: list[tuple[re.Pattern[str], str, str]] = [
-    (re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[t_ ]\d{2}[:\-]?\d{2}(?:[:\-]?\d{2})?(?:\.\d+)?(?:z|[+-]\d{2}:?\d{2})?)?\b"), "<date>", "-"),
+    (re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[t_ ]\d{2}[:\-]?\d{2}(?:[:\-]?\d{2})?(?:\.\d+)?(?:z|[+-]\d{2}:?\d{2})?)?\b", re.I), "<date>", "-"),
     (re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b"), "<ip>", "."),
-    (re.compile(r"\bv?\d+(?:\.\d+){1,3}(?:[-+~][0-9a-z.]+)?\b"), "<ver>", "."),
+    (re.compile(r"\bv?\d+(?:\.\d+){1,3}(?:[-+~][0-9a-z.]+)?\b", re.I), "<ver>", "."),
     (re.compile(r"\d+"), "<n>", ""),
 ]
+# mktemp-style suffixes of letters only (``tmp.XqakZwPeRt``: mktemp's default is ten
+# characters): after a "." or "_", 8-12 letters that go from lower to upper case at
+# least twice (``McDonald`` and ``JavaScript`` once).
+_LETTER_SUFFIX = re.compile(r"(?<=[._])[A-Za-z]{8,12}\b")
 # Whole runs of 6+ letters and digits with at least two of each (the only ones
 # _random_run can change: filtering here spares a Python call per plain word). The
 # lookbehind makes a position inside a run fail at once instead of re-running the
@@ -41,6 +45,25 @@ def _random_run(match: re.Match[str]) -> str:
     return "<rnd>" if switches >= 3 or (mixed_case and switches >= 2) else run
 
 
+def _rises(letters: str) -> int:
+    """How often the case goes from lower to upper."""
+    return sum(a.islower() and b.isupper() for a, b in zip(letters, letters[1:]))
+
+
+def _random_letters(match: re.Match[str]) -> str:
+    return "<rnd>" if _rises(match.group(0)) >= 2 else match.group(0)
+
+
+# mktemp names with a single digit (``tmp.Ab3dEf``): _ALNUM_RUN needs two.
+_ONE_DIGIT_SUFFIX = re.compile(r"(?<=[._])(?=[A-Za-z]*\d[A-Za-z]*\b)[A-Za-z0-9]{6,12}\b")
+
+
+def _random_one_digit(match: re.Match[str]) -> str:
+    letters = "".join(c for c in match.group(0) if c.isalpha())
+    upper = sum(c.isupper() for c in letters)
+    return "<rnd>" if _rises(letters) >= 1 and upper >= 2 and len(letters) - upper >= 2 else match.group(0)
+
+
 def _hex_ok(match: re.Match[str]) -> str:
     """Hashes and ids are one case; mixed-case hex-looking runs are mktemp names."""
     run = match.group(0)
@@ -56,27 +79,48 @@ _IDS: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str], str]] = 
 
 @lru_cache(maxsize=1 << 16)
 def normalize_token(token: str) -> str:
-    """One argument with its volatile parts replaced; lower-cased."""
+    """One argument with its volatile parts replaced; lower-cased, except an option
+    (``-P`` and ``-p`` are different options of most programs)."""
+    option = token.startswith("-")
     if "/" in token:
         # No rule matches across a "/", so a path is normalised a component at a time:
         # directories repeat across many paths and each is worked out once.
-        return "/".join(map(_normalize_part, token.split("/")))
-    return _normalize_part(token)
+        return "/".join(_normalize_part(part, option) for part in token.split("/"))
+    return _normalize_part(token, option)
 
 
 @lru_cache(maxsize=1 << 16)
-def _normalize_part(token: str) -> str:
+def _normalize_part(token: str, keep_case: bool = False) -> str:
     if _DIGIT.search(token) is None and token.count("-") < 4:
-        return token.lower()  # every rule needs a digit, except a digit-free uuid
+        # Every rule needs a digit, except a digit-free uuid and letter-only mktemp names.
+        if ("." in token or "_" in token) and len(token) >= 9:
+            token = _LETTER_SUFFIX.sub(_random_letters, token)
+        return token if keep_case else token.lower()
     out = token
     for pattern, placeholder, needs in _IDS:
         if needs in out:
             out = pattern.sub(placeholder, out)
-    out = _ALNUM_RUN.sub(_random_run, out).lower()
+    out = _ALNUM_RUN.sub(_random_run, out)
+    if "." in out or "_" in out:
+        out = _ONE_DIGIT_SUFFIX.sub(_random_one_digit, out)
+    if not keep_case:
+        out = out.lower()
     for pattern, placeholder, needs in _RULES:
         if needs in out:
             out = pattern.sub(placeholder, out)
     return out
+
+
+# Merged /usr (Debian 12, Fedora, Arch...): /bin/sh and /usr/bin/sh are one file, and
+# backends report either (the path exec'd, or the resolved /proc/PID/exe).
+_MERGED_USR = ("/bin/", "/sbin/", "/lib/", "/lib32/", "/lib64/", "/libx32/")
+
+
+def program_path(exe: str) -> str:
+    """One name per program: merged-/usr aliases under /usr, normalised."""
+    if exe.startswith(_MERGED_USR):
+        exe = "/usr" + exe
+    return normalize_token(exe)
 
 
 def split_args(cmdline: str, argv: list[str] | None) -> list[str]:
@@ -96,6 +140,38 @@ def shell_script(argv: list[str]) -> str | None:
         if arg == "-c" or (arg.startswith("-") and not arg.startswith("--") and arg.endswith("c")):
             return argv[i + 1] if i + 1 < len(argv) else None
     return None
+
+
+# Programs whose -c/-e/-r argument is code in their own language, not a shell script:
+# known by the language's name, as a shell is (this is syntax, not a verdict).
+_INTERPRETER = re.compile(r"(?:python|pypy|perl|ruby|node|nodejs|php|lua|luajit|tclsh|wish|rscript)[0-9.]*")
+_INLINE_CODE_FLAGS = frozenset({"-c", "-e", "-E", "-r"})
+_CODE_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def interpreter_code(program: str, argv: list[str]) -> str | None:
+    """The inline code of ``python3 -c CODE``, ``perl -e CODE``… (``program`` is the
+    program's base name), else None."""
+    if not _INTERPRETER.fullmatch(program.lower()):
+        return None
+    for i, arg in enumerate(argv[1:4], start=1):
+        if arg in _INLINE_CODE_FLAGS:
+            return argv[i + 1] if i + 1 < len(argv) else None
+    return None
+
+
+def code_words(code: str, limit: int = 32) -> list[str]:
+    """The distinct names a piece of code uses (``os.system``, ``socket``, ``import``…),
+    first ``limit`` in order; strings and numbers are not names."""
+    words: dict[str, None] = {}
+    for word in _CODE_WORD.findall(_QUOTED.sub(" ", code)):
+        words.setdefault(word, None)
+        if len(words) >= limit:
+            break
+    return list(words)
+
+
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 
 def script_commands(script: str, limit: int = 16) -> list[list[str]]:

@@ -147,6 +147,24 @@ def test_shell_scripts_are_split_into_commands() -> None:
     assert ("arg", "<ip>") in values
 
 
+def test_inline_python_is_observed_as_code_not_as_a_shell_script() -> None:
+    code = "import pty;pty.spawn('/bin/bash')"
+    obs = observations(event(process_name="python3", exe="/usr/bin/python3", cmdline=f"python3 -c {code}",
+                             argv=["python3", "-c", code]))
+    values = {(o.kind, o.value) for o in obs}
+    assert ("code", "pty.spawn") in values and ("code", "import") in values
+    assert not any(kind == "prog" and value.startswith("sh:") for kind, value in values)
+
+
+def test_one_program_under_either_merged_usr_path() -> None:
+    eng = trained()
+    seen = dict(process_name="sh", parent_process="cron", user="root", uid=0, cmdline="sh -c true", argv=["sh", "-c", "true"])
+    for i in range(40):
+        eng.score([event(ts=T0 + 2000 + i * HOUR, host=f"h{i % 3}", exe="/usr/bin/sh", **seen)])
+    [other] = eng.score([event(ts=T0 + 2000 + 41 * HOUR, exe="/bin/sh", **seen)])
+    assert other.score < 0.1, other.reasons
+
+
 def test_behaviour_cache_never_changes_a_score() -> None:
     """The compiled-behaviour cache (stat references, the quiet fast path) is only a cache:
     a cache that turns over every two behaviours scores exactly like a large one, across

