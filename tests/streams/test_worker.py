@@ -247,3 +247,35 @@ def test_an_output_the_broker_refuses_is_dead_lettered_not_fatal(settings: Setti
     # (its copy on the alerts topic, when it alerts, is refused and dead-lettered too)
     assert sorted(x["topic"] for x in letters) == sorted([t.scored] + [t.alerts] * (scored[0].severity != "ok"))
     assert all(x["stage"] == "worker-output" and "refused" in x["reason"] for x in letters)
+
+
+def test_ten_thousand_hostile_messages_are_each_scored_or_dead_lettered(topics: Settings, tmp_path: Path) -> None:
+    """Issue 14: fuzzed raw messages (tests/fuzz.py) through a real worker: it keeps
+    running, and every message is either scored or dead-lettered with a reason."""
+    from schemas.errors import DecodeError
+    from schemas.events import decode
+    from tests.fuzz import seeded_messages
+
+    messages = seeded_messages(10_000, seed=14)
+    valid = 0
+    for m in messages:
+        try:
+            decode(m)
+            valid += 1
+        except DecodeError:
+            pass
+    assert 1000 < valid < 9000  # both kinds are well represented
+    t = topics.topics
+    with ruleless_process(topics, "worker", log=tmp_path / "worker.log") as proc:
+        prod = producer(topics.kafka, **{"message.max.bytes": 8 << 20})
+        for i, m in enumerate(messages):
+            prod.produce(t.raw, key=f"k{i % 7}".encode(), value=m)
+        assert prod.flush(60) == 0
+        got = drain(topics, [t.scored, t.dead_letter], lambda g: len(g[t.scored]) + len(g[t.dead_letter]) >= len(messages),
+                    timeout=240)
+        assert proc.poll() is None, "the worker stopped"
+    letters = [json.loads(m) for m in got[t.dead_letter]]
+    # Valid events dated past engine.max_future_skew_s are dead-lettered by the worker.
+    future = sum("further in the future" in x["reason"] for x in letters)
+    assert len(got[t.scored]) + future == valid and len(letters) == len(messages) - valid + future
+    assert all(x["reason"] and x["stage"] == "worker" and x["topic"] == t.raw for x in letters)
