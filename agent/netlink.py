@@ -306,8 +306,9 @@ class NetlinkBackend:
         try:
             for line in child.stdout:
                 self._take(index, line)
-        except (OSError, ValueError) as exc:
-            self._failure = str(exc)
+        except Exception as exc:  # noqa: BLE001 - surfaced by poll(): a dead pump must stop the agent
+            self._failure = f"{type(exc).__name__}: {exc}"
+            log.error("netlink: reader %d's pump stopped: %s", index, self._failure)
         if not self._stopping and self._failure is None:
             self._failure = f"reader {index} exited (code {child.wait()})"
             log.error("netlink: %s", self._failure)

@@ -296,6 +296,8 @@ class SpooledPublisher:
         self._outage_since: float | None = None
         self._full_since: int | None = None
         self._idle = threading.Event()
+        # Why the sender thread stopped, if it died: publish() then raises (issue 14).
+        self._failure: str | None = None
         if self.spool.pending():
             log.info("spool: %d bytes from an earlier run at %s will be sent first", self.spool.bytes_on_disk, self.spool.dir)
         self._thread = threading.Thread(target=self._send_loop, name="spool-sender", daemon=True)
@@ -310,7 +312,10 @@ class SpooledPublisher:
         return self.spool.bytes_on_disk
 
     def publish(self, event: RawEvent) -> None:
-        """Append to the spool; when it is full the event is dropped and counted."""
+        """Append to the spool; when it is full the event is dropped and counted.
+        Raises :class:`ServiceError` once the sender thread has died."""
+        if self._failure is not None:
+            raise ServiceError(f"spool sender stopped: {self._failure}")
         try:
             self.spool.append(event.shard_key.encode(), encode(event))
         except SpoolFull as exc:
@@ -348,6 +353,13 @@ class SpooledPublisher:
         self.spool.close()
 
     def _send_loop(self) -> None:
+        try:
+            self._send_spooled()
+        except Exception as exc:  # noqa: BLE001 - surfaced by publish(): the agent stops with it
+            self._failure = f"{type(exc).__name__}: {exc}"
+            log.error("spool: sender stopped: %s", self._failure)
+
+    def _send_spooled(self) -> None:
         producer: Producer | None = None
         position = self.spool.committed
         while not self._stop.is_set():

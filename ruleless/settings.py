@@ -155,6 +155,10 @@ class SinkSettings(BaseModel):
     group_id: str = "ruleless-sink"
     batch_rows: int = Field(5000, ge=1)
     batch_age_s: float = Field(1.0, gt=0)
+    # A batch that failed this many times (not for backpressure) is written row by row:
+    # rows the store refuses on their own are dead-lettered with the reason; when every
+    # row fails alike the store is the problem and the batch keeps being retried.
+    max_attempts: int = Field(5, ge=1)
     metrics_port: int = 9465
     # Read-only SQL endpoint served by the sink, the process that owns an embedded store.
     # Every request needs this bearer token; unset, the sink makes one at start and writes

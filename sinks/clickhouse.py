@@ -150,8 +150,14 @@ def create_table_sql(ch: ClickHouseSettings) -> str:
 
 
 def schema_sql(ch: ClickHouseSettings) -> list[str]:
-    """Statements that create the database and the table, in order."""
-    return [create_database_sql(ch), create_table_sql(ch)]
+    """Statements that create the database and the table, in order, then add every
+    column a table of an earlier version lacks (issue 14: CREATE TABLE IF NOT EXISTS
+    alone left an upgraded sink inserting columns the old table did not have)."""
+    add = [
+        f"ALTER TABLE {table_ref(ch)} ADD COLUMN IF NOT EXISTS `{c.name}` {c.ch_type}" + (f" DEFAULT {c.default}" if c.default else "")
+        for c in COLUMNS
+    ]
+    return [create_database_sql(ch), create_table_sql(ch), *add]
 
 
 def insert_select_sql(ch: ClickHouseSettings, source: str, settings: dict[str, Any]) -> str:
@@ -253,7 +259,9 @@ def rows_table(rows: Sequence[Row]) -> pa.Table:
 
 
 def dedup_token(rows: pa.Table) -> str:
-    """A token that is equal for equal batches: a hash of their ids and versions."""
+    """A token that is equal for equal batches: a hash of their ids and versions.
+    (It hashes whole Arrow buffers: give it a table built by :func:`rows_table`, never a
+    slice, whose buffers are those of the whole.)"""
     digest = hashlib.blake2b(digest_size=16)
     for name in ("event_id", "scored_at"):
         for chunk in rows.column(name).chunks:

@@ -39,7 +39,7 @@ from ruleless.kafka import producer as make_producer
 from ruleless.settings import Settings
 from schemas.errors import BackpressureError, DecodeError, ServiceError, SinkWriteError
 from schemas.events import dead_letter, decode_scored, encode
-from sinks.clickhouse import Backend, Row, dedup_token, event_row, open_backend, rows_table
+from sinks.clickhouse import INSERT_COLUMNS, Backend, Row, dedup_token, event_row, open_backend, rows_table
 from sinks.query import QueryServer, ensure_token
 
 log = logging.getLogger(__name__)
@@ -337,6 +337,10 @@ class Sink:
                 after_stop += self._stop.is_set()
                 kind = "backpressure" if isinstance(exc, BackpressureError) else "error"
                 self.metrics.write_failures.labels(kind).inc()
+                if kind == "error" and attempt % self.settings.sink.max_attempts == 0 and self._isolate(batch, table):
+                    self._commit(batch)
+                    self._resume()
+                    return
                 if after_stop >= SHUTDOWN_ATTEMPTS:
                     # Committing any later batch would skip this one: stop committing.
                     self._gave_up = True
@@ -358,6 +362,32 @@ class Sink:
                 self._resume()
             return
         log.info("batch of %d messages abandoned after a rebalance; it will be re-read", batch.messages)
+
+    def _isolate(self, batch: Batch, table: pa.Table) -> bool:
+        """Insert a failing batch row by row and dead-letter the rows refused on their
+        own. False (nothing dead-lettered; retry the batch) when every row fails: then
+        the store, not the data, is at fault."""
+        refused: list[tuple[int, SinkWriteError]] = []
+        for i in range(table.num_rows):
+            row = rows_table([batch.rows[i]])  # (not a slice: dedup_token hashes whole buffers)
+            try:
+                self.backend.insert(row, dedup_token(row))
+            except BackpressureError:
+                return False
+            except SinkWriteError as exc:
+                refused.append((i, exc))
+        if len(refused) == table.num_rows:
+            return False
+        for i, exc in refused:
+            row = json.dumps(dict(zip(INSERT_COLUMNS, batch.rows[i])), default=str).encode()
+            self._produce_dead(None, encode(dead_letter(exc, "sink", row, self.settings.topics.scored)))
+        if self._producer is not None and self._producer.flush(10):
+            raise SinkWriteError(f"dead-letter topic {self.settings.topics.dead_letter}: delivery not confirmed")
+        self.metrics.dead_lettered.inc(len(refused))
+        self.metrics.rows.inc(table.num_rows - len(refused))
+        log.error("%d of %d rows refused by the store after %d attempts, dead-lettered: %s",
+                  len(refused), table.num_rows, self.settings.sink.max_attempts, refused[0][1].message)
+        return True
 
     def _write(self, batch: Batch, table: pa.Table, token: str | None) -> None:
         """Dead letters delivered, then rows inserted; raises on either failing."""

@@ -154,3 +154,21 @@ def test_a_pinned_reader_takes_its_cpus_execs_and_the_first_also_the_uncovered_o
     second._cpu, second._covered, second._catch_all = 1, frozenset({0, 1}), False
     assert [first._mine(c) for c in (0, 1, 2)] == [True, False, True]
     assert [second._mine(c) for c in (0, 1, 2)] == [False, True, False]
+
+
+def test_a_dead_pump_stops_the_agent_with_the_reason(backend: NetlinkBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14: an exception the pump thread did not expect used to end it silently
+    while poll() went on returning nothing."""
+    import agent.netlink as netlink
+    from schemas.errors import CaptureError
+
+    def undecodable(body: bytes) -> None:
+        raise RuntimeError("undecodable line")
+
+    monkeypatch.setattr(netlink, "decode", undecodable)
+    subprocess.run(["true"], check=True)
+    deadline = time.monotonic() + 5
+    with pytest.raises(CaptureError, match="undecodable line"):
+        while time.monotonic() < deadline:
+            backend.poll()
+            time.sleep(0.05)

@@ -182,3 +182,23 @@ def test_broker_down_for_30s_then_every_event_arrives_once_in_order(tmp_path: Pa
     finally:
         publisher.close()
         broker.stop()
+
+
+def test_a_dead_sender_stops_the_agent_instead_of_spooling_forever(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14: the sender thread dying on an unexpected error used to leave events
+    piling up on disk with no error anywhere."""
+    from schemas.errors import ServiceError
+
+    def broken(self: SpooledPublisher, batch: object, producer: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(SpooledPublisher, "_deliver", broken)
+    publisher = SpooledPublisher(KafkaSettings(bootstrap="127.0.0.1:1"), "t", tmp_path, max_bytes=1 << 20,
+                                 delivery_timeout_s=1, close_timeout_s=0)
+    publisher.publish(event(1))
+    deadline = time.monotonic() + 5
+    with pytest.raises(ServiceError, match="disk on fire"):
+        while time.monotonic() < deadline:
+            publisher.publish(event(2))
+            time.sleep(0.05)
+    publisher.close()

@@ -211,3 +211,25 @@ def test_server_backend_reports_an_unreachable_server(settings: Settings) -> Non
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(ServiceError, match="cannot reach ClickHouse"):
         ServerBackend(settings.clickhouse.model_copy(update={"backend": "server", "url": url}))
+
+
+def test_a_table_of_an_earlier_schema_gets_the_new_columns(settings: Settings) -> None:
+    """Issue 14: an upgraded sink met a table without the columns added since, and every
+    insert failed. ensure_schema adds what is missing (and nothing else changes)."""
+    from sinks.clickhouse import create_database_sql, table_ref
+
+    ch = settings.clickhouse
+    with ChdbBackend(ch) as store:
+        store.execute(create_database_sql(ch))
+        store.execute(
+            f"CREATE TABLE {table_ref(ch)} (`event_id` String, `ts` Float64, "
+            "`event_time` DateTime64(6, 'UTC') DEFAULT toDateTime64(ts, 6, 'UTC'), `org_id` LowCardinality(String), "
+            "`workload` LowCardinality(String), `scored_at` DateTime64(6, 'UTC'), "
+            "`inserted_at` DateTime64(6, 'UTC') DEFAULT now64(6, 'UTC')) "
+            "ENGINE = ReplacingMergeTree(scored_at) PARTITION BY toDate(event_time) ORDER BY (org_id, workload, ts, event_id)"
+        )
+        store.ensure_schema()
+        described = {r["name"]: r["type"] for r in store.query(f"DESCRIBE TABLE {store.table}")}
+        assert described == {c.name: c.ch_type for c in COLUMNS}
+        store.insert(rows_table([event_row(scored(i, "upgraded")) for i in range(5)]))
+        assert store.count() == 5

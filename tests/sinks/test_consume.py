@@ -227,3 +227,22 @@ def test_run_serves_queries_on_the_configured_port(topics: Settings) -> None:
         stop.set()
         thread.join(30)
     assert not thread.is_alive()
+
+
+def test_rows_the_store_refuses_on_their_own_are_dead_lettered_after_bounded_retries(topics: Settings) -> None:
+    """Issue 14: a permanent insert error used to be retried forever, stalling the sink.
+    After sink.max_attempts the batch is written row by row: the rows the store refuses
+    (here an operator's CHECK constraint) are dead-lettered with the reason, the others
+    land, and the offsets move on."""
+    settings = topics.model_copy(update={"sink": topics.sink.model_copy(update={"max_attempts": 2})})
+    events = [scored(i, "ok") for i in range(50)] + [scored(1000 + i, "poison", cmdline="refused-by-check") for i in range(3)]
+    with ChdbBackend(settings.clickhouse) as store:
+        store.ensure_schema()
+        store.execute(f"ALTER TABLE {store.table} ADD CONSTRAINT no_poison CHECK cmdline != 'refused-by-check'")
+        ends = produce(settings, keyed(events))
+        with running_sink(settings, store) as sink:
+            wait_for(lambda: all_committed(settings, settings.sink.group_id, ends), 60, "offsets committed")
+            assert sink.metrics.value("ruleless_sink_dead_lettered_total") == 3
+        assert store.count() == 50
+    letters = read_dead_letters(settings, 3)
+    assert all(dl.stage == "sink" and "no_poison" in dl.reason and b"refused-by-check" in dl.raw for _, dl in letters)
