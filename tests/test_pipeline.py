@@ -170,9 +170,13 @@ def test_ruleless_up_restarts_what_dies_and_leaves_nothing_behind(tmp_path: Path
         _wait("a new broker", lambda: _children(up.pid).get("broker", parts["broker"]) != parts["broker"], 30)
         time.sleep(10)  # the worker's group forms again on the new broker
         marker = f"{time.time() % 1000:.3f}"
-        subprocess.run(["sleep", marker], check=True)
-        poll_sql(url, f"SELECT cmdline FROM ruleless.security_events FINAL WHERE cmdline = 'sleep {marker}'",
-                 lambda r: bool(r), timeout=180, token=token)
+        child = subprocess.Popen(["sleep", marker])
+        try:
+            poll_sql(url, f"SELECT cmdline FROM ruleless.security_events FINAL WHERE cmdline = 'sleep {marker}'",
+                     lambda r: bool(r), timeout=180, token=token)
+        finally:
+            child.kill()
+            child.wait()
 
         parts = _children(up.pid)
         up.kill()

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from confluent_kafka import TopicPartition
 
-from ruleless.kafka import consumer, producer
+from ruleless.kafka import consumer, producer, topic_incarnation
 from ruleless.settings import Settings, child_env
 from schemas.errors import ReplayError
 from schemas.events import RawEvent, decode_scored, encode
 from streams.replay import parse_shards, parse_since, replay
 from streams.scoring import ScoringService
-from streams.store import ShardStore
+from streams.store import ShardStore, position_source
 from tests.factories import event, fleet_stream
 from tests.processes import RULELESS, drain, ruleless_process
 
@@ -79,7 +79,10 @@ def test_replay_rebuilds_every_shard_as_offline_scoring_learns_it(topics: Settin
         assert learned(store, algorithm, key) == learned(expected.store, algorithm, key), key
         loaded = store.load_with_position(algorithm, key)
         assert loaded is not None and loaded[1] is not None
-        assert loaded[1].source == f"{topics.topics.raw}/{partitions[key]}"
+        # (the worker's own form, with the raw topic's id: it skips exactly this)
+        incarnation = topic_incarnation(topics.kafka, topics.topics.raw)
+        assert loaded[1].source == position_source(topics.topics.raw, partitions[key], incarnation) == \
+            f"{topics.topics.raw}/{partitions[key]}#{incarnation}"
 
 
 def test_replay_of_selected_shards_from_a_time_leaves_the_others(topics: Settings, tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from tests.processes import QUERY_TOKEN, produce_paced, ruleless_process
 
 pytestmark = pytest.mark.integration
 
-ASSIGNED = re.compile(r"assigned (\d+) partitions of \S+: \[([\d, ]*)\]")
+ASSIGNED = re.compile(r"assigned (\d+) partitions of \S+ \(topic id \S+\): \[([\d, ]*)\]")
 
 
 def wait_until(what: str, check: Callable[[], Any], timeout: float = 90.0, every: float = 0.5) -> Any:
@@ -109,7 +109,7 @@ def test_sigkilled_worker_loses_nothing_and_scores_stay_exact(topics: Settings, 
     assert int(dupes[0]["n"]) == 0
     survivor = logs["b"].read_text(errors="replace")
     # The takeover really reloaded flushed shards with their positions.
-    assert re.search(r"loaded shard \S+ \(\d+ behaviours, learned up to \S+/\d+@\d+\)", survivor), survivor[-3000:]
+    assert re.search(r"loaded shard \S+ \(\d+ behaviours, learned up to \S+/\d+(?:#\S+)?@\d+\)", survivor), survivor[-3000:]
     expected = offline_scores(topics, events, tmp_path)
     got = {r["event_id"]: float(r["score"]) for r in rows}
     mismatched = {k for k in expected if got[k] != expected[k]}
