@@ -71,17 +71,20 @@ def run(settings: Settings, kafka: str | None = None, clickhouse: str | None = N
             children.append(_spawn(name, env, logs))
             console.print(f"[green]✓[/] {name:<10} pid {children[-1].proc.pid}, log {children[-1].log}")
         _print_where_to_look(settings, logs)
+        broker_due: float | None = None  # when a dead broker is started again
         while not stopping:
-            if broker is not None and not broker.alive():
-                delay = broker_restarts.died()
+            now = time.monotonic()
+            if broker is not None and broker_due is None and not broker.alive():
+                delay = broker_restarts.died(now)
                 if delay is None:
                     console.print(f"[red]✗[/] the broker keeps dying ({broker_restarts.limit} times in {broker_restarts.window_s:.0f}s); stopping. See {logs / 'broker.log'}")
                     return 1
                 console.print(f"[yellow]↻[/] broker exited; starting it again in {delay:.0f}s")
-                time.sleep(delay)
-                broker = _start_broker(settings, logs)
-                ensure_topics(settings.kafka, settings.topics)
-            now = time.monotonic()
+                broker_due = now + delay
+            elif broker is not None and broker_due is not None and now >= broker_due:
+                broker.stop(timeout=1.0)
+                broker, broker_due = _start_broker(settings, logs), None
+                ensure_topics(settings.kafka, settings.topics, timeout=10.0)
             for child in children:
                 if child.due is None and child.proc.poll() is not None:
                     delay = child.restarts.died(now)

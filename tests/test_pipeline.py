@@ -96,11 +96,17 @@ def test_ruleless_up_scores_this_hosts_own_processes(tmp_path: Path) -> None:
         child.kill()
         assert rows[0]["org_id"] == "selftest"
         assert 0.0 <= float(rows[0]["score"]) <= 1.0
+        # Issue 14: with the broker gone, stopping took 62 s; it must take at most 10.
+        os.kill(_children(up.pid)["broker"], signal.SIGKILL)
+        time.sleep(1)
     finally:
+        stopped_at = time.monotonic()
         up.send_signal(signal.SIGINT)
         out, _ = up.communicate(timeout=90)
+        stop_took = time.monotonic() - stopped_at
     text = out.decode(errors="replace")
     assert up.returncode == 0, text
+    assert stop_took <= 10.0, f"stopping took {stop_took:.1f}s"
     assert "ruleless is up" in text and "ruleless query" in text
     assert "stopped." in text
     # Everything it wrote (shards, ClickHouse, spool, logs, the query token) is owner-only.
