@@ -15,6 +15,9 @@ path        the program             each directory its arguments name
 net         the program             peer class and port of a connection
 code        the interpreter         each name the inline code of ``python3 -c``,
                                     ``perl -e``… uses
+write       the program             each directory it writes into (redirections,
+                                    tee, cp/mv/install/ln targets, dd of=)
+writes      (workload)              the same directories, whoever writes
 ==========  ======================  =========================================
 
 ``sh -c`` scripts are split into their simple commands, each observed like an exec of
@@ -66,6 +69,7 @@ from schemas.events import RawEvent
 from streams.algorithm import Changes, Verdict, register
 from streams.normalize import (
     basename, code_words, interpreter_code, normalize_token, program_path, script_commands, shell_script, split_args,
+    write_targets,
 )
 
 SEP = "\x1f"
@@ -83,6 +87,7 @@ WEIGHTS = {
     "path": 0.5,
     "net": 0.9,
     "code": 0.5,
+    "write": 0.8,
 }
 MAX_ARGS = 24
 SCRIPT_WEIGHT = 0.9  # commands inside `sh -c` count slightly less than real execs
@@ -254,6 +259,7 @@ def _featurize(
         out.append(_observation("lineage", lineage, program, WEIGHTS["lineage"]))
     args = list(argv) if argv else split_args(cmdline, None)
     out.extend(_arg_observations(program, args[1:], 1.0))
+    out.extend(_write_observations(program, args, 1.0))
     code = interpreter_code(basename(exe or process_name), args)
     if code is not None:
         # An interpreter's inline code is observed as the names it uses, not split as
@@ -269,7 +275,19 @@ def _featurize(
             out.append(_observation("prog", "", f"sh:{sub}", WEIGHTS["prog"] * SCRIPT_WEIGHT))
             out.append(_observation("parent", shell, f"sh:{sub}", WEIGHTS["parent"] * SCRIPT_WEIGHT))
             out.extend(_arg_observations(f"sh:{sub}", words[1:], SCRIPT_WEIGHT))
+            out.extend(_write_observations(f"sh:{sub}", words, SCRIPT_WEIGHT))
     return tuple(out)
+
+
+def _write_observations(program: str, words: Sequence[str], scale: float) -> list[Observation]:
+    """Where a command writes (issue 13: the danger of ``echo … >> /etc/cron.d/x`` is
+    the target): the directory, by the program and for the whole workload."""
+    out: list[Observation] = []
+    for target in write_targets(list(words)):
+        directory = _directory(normalize_token(target)) or "./"
+        out.append(_observation("write", program, directory, WEIGHTS["write"] * scale))
+        out.append(_observation("writes", "", directory, WEIGHTS["write"] * scale))
+    return out
 
 
 def _arg_observations(program: str, args: Sequence[str], scale: float) -> list[Observation]:
@@ -778,6 +796,10 @@ def _describe(o: Observation) -> str:
         return f"{o.ctx} argument {o.value[:60]!r}"
     if o.kind == "code":
         return f"{o.ctx} code using {o.value[:60]!r}"
+    if o.kind == "write":
+        return f"{o.ctx} writes into {o.value[:80]}"
+    if o.kind == "writes":
+        return f"writes into {o.value[:80]}"
     return f"{o.ctx} {o.value}"
 
 

@@ -174,6 +174,56 @@ def code_words(code: str, limit: int = 32) -> list[str]:
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 
+# Programs that write to a file their arguments name (syntax of common tools, like the
+# shell's own redirections; not a verdict on any of them): the last operand of cp, mv,
+# install, ln, rsync; every operand of tee; dd's of=.
+_WRITES_LAST = frozenset({"cp", "mv", "install", "ln", "rsync", "scp"})
+_REDIRECT = re.compile(r"^(?:\d*|&)>>?\|?(.*)$")
+
+
+def write_targets(words: list[str]) -> list[str]:
+    """The files a simple command writes: its redirections (``> f``, ``>> f``, ``2>f``)
+    and, for a few well-known programs, the operand they write to."""
+    targets: list[str] = []
+    rest: list[str] = []
+    take_next = False
+    for word in words:
+        if take_next:
+            targets.append(word)
+            take_next = False
+            continue
+        match = _REDIRECT.match(word)
+        if match and not word.startswith(">&") and not match.group(1).startswith("&"):
+            if match.group(1):
+                targets.append(match.group(1))
+            else:
+                take_next = True
+            continue
+        if "&" in word and word.endswith((">&1", ">&2")):
+            continue
+        if ">" in word and not word.startswith("-") and not any(c.isspace() for c in word):
+            # `echo x>>/etc/profile`: one word to shlex (a quoted string has spaces).
+            head, _, tail = word.partition(">")
+            tail = tail.lstrip(">|")
+            if tail and not tail.startswith("&"):
+                targets.append(tail)
+            if head and not head.isdigit():
+                rest.append(head)
+            continue
+        rest.append(word)
+    if not rest:
+        return targets
+    program = basename(rest[0])
+    operands = [w for w in rest[1:] if not w.startswith("-")]
+    if program in _WRITES_LAST and len(operands) >= 2:
+        targets.append(operands[-1])
+    elif program == "tee":
+        targets.extend(operands)
+    elif program == "dd":
+        targets.extend(w[3:] for w in operands if w.startswith("of="))
+    return [t for t in targets if t and t != "/dev/null"]
+
+
 def script_commands(script: str, limit: int = 16) -> list[list[str]]:
     """The simple commands of a shell script, each as a word list (best effort)."""
     commands: list[list[str]] = []

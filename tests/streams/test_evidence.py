@@ -165,6 +165,32 @@ def test_one_program_under_either_merged_usr_path() -> None:
     assert other.score < 0.1, other.reasons
 
 
+def test_a_familiar_command_writing_where_the_workload_never_writes_is_loud() -> None:
+    """Issue 13: the danger of `echo … >> /etc/cron.d/x` is where it writes; the same
+    program and shape writing into the usual place stays quiet."""
+    eng = trained()
+    base = dict(process_name="sh", exe="/usr/bin/dash", parent_process="cron", user="root", uid=0)
+
+    def heartbeat(i: int, target: str) -> object:
+        script = f"echo alive >> {target}"
+        return event(ts=T0 + 2000 + i * HOUR, host=f"web-{i % 3}", cmdline=f"sh -c {script}", argv=["sh", "-c", script], **base)
+
+    for i in range(60):
+        eng.score([heartbeat(i, "/var/log/app/heartbeat.log")])
+    [usual] = eng.score([heartbeat(61, "/var/log/app/heartbeat.log")])
+    [cron] = eng.score([heartbeat(62, "/etc/cron.d/heartbeat")])
+    assert usual.score < 0.1
+    assert cron.score >= 0.6, cron.reasons
+    assert any("writes into /etc/cron.d/" in r for r in cron.reasons), cron.reasons
+
+
+def test_write_targets_are_observed_for_redirections_and_writing_programs() -> None:
+    obs = observations(event(process_name="sh", cmdline="x", argv=["sh", "-c", "cp a /etc/systemd/system/x.service; echo y>>~/.bashrc"]))
+    values = {(o.kind, o.ctx, o.value) for o in obs if o.kind in ("write", "writes")}
+    assert ("write", "sh:cp", "/etc/systemd/system/") in values and ("writes", "", "/etc/systemd/system/") in values
+    assert ("write", "sh:echo", "~/") in values
+
+
 def test_behaviour_cache_never_changes_a_score() -> None:
     """The compiled-behaviour cache (stat references, the quiet fast path) is only a cache:
     a cache that turns over every two behaviours scores exactly like a large one, across

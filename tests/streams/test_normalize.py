@@ -87,3 +87,24 @@ def test_an_interpreters_inline_code_is_its_own_and_shell_scripts_stay_scripts()
     words = code_words(code)
     assert {"import", "socket", "subprocess", "socket.socket", "s.connect", "subprocess.call"} <= set(words)
     assert not any("10.0.0.1" in w or "/bin/sh" in w for w in words)  # strings are not names
+
+
+@pytest.mark.parametrize(
+    ("words", "targets"),
+    [
+        (["echo", "x", ">>", "/etc/cron.d/job"], ["/etc/cron.d/job"]),
+        (["echo", "x>>/etc/profile"], ["/etc/profile"]),
+        (["cat", "a", "2>/dev/null", ">", "/tmp/out"], ["/tmp/out"]),
+        (["make", "2>&1"], []),
+        (["cp", "-a", "src", "/etc/systemd/system/"], ["/etc/systemd/system/"]),
+        (["install", "-m", "755", "tool", "/usr/local/bin/tool"], ["/usr/local/bin/tool"]),
+        (["tee", "-a", "/etc/sudoers.d/x"], ["/etc/sudoers.d/x"]),
+        (["dd", "if=/dev/zero", "of=/var/log/wtmp"], ["/var/log/wtmp"]),
+        (["echo", "a -> b"], []),  # quoted text is not a redirection
+        (["ls", "-l"], []),
+    ],
+)
+def test_write_targets(words: list[str], targets: list[str]) -> None:
+    from streams.normalize import write_targets
+
+    assert write_targets(words) == targets
