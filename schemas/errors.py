@@ -69,5 +69,10 @@ class ReplayError(RulelessError):
     """A replay cannot run as asked (workers still consuming, empty or bad range)."""
 
 
+class ShardUnreadable(ServiceError):
+    """A shard's stored table exists but cannot be read: never taken for an empty
+    baseline (which would alert on everything the workload does)."""
+
+
 class DeliveryRejected(SinkWriteError):
     """The target refused a write for good (e.g. HTTP 400): retrying cannot help."""

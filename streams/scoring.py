@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ruleless.settings import Settings
+from schemas.errors import ShardUnreadable
 from schemas.events import RawEvent, ScoredEvent
 from streams.algorithm import Changes
 from streams.engine import Engine
@@ -49,14 +50,29 @@ class ScoringService:
         self.positions_discarded = 0
         # Per shard in memory: when (monotonic) its learning last changed.
         self.last_active: dict[str, float] = {}
+        # Shards whose stored table cannot be read, and why (issue 14): their events are
+        # refused (the worker dead-letters them), never scored against an empty baseline.
+        self.unreadable: dict[str, str] = {}
+        # The events score_new refused since take_refused() was last called.
+        self._refused: list[tuple[RawEvent, str]] = []
 
     @property
     def algorithm(self) -> str:
         return self.engine.algorithm.name
 
     def score(self, events: Sequence[RawEvent], now: float | None = None) -> list[ScoredEvent]:
+        """Score and learn; raises :class:`ShardUnreadable` for an event whose shard's
+        stored table cannot be read."""
         self._load(self.engine.missing(events))
+        for event in events:
+            if event.shard_key in self.unreadable:
+                raise ShardUnreadable(self.unreadable[event.shard_key])
         return self.engine.score(events, time.time() if now is None else now)
+
+    def take_refused(self) -> list[tuple[RawEvent, str]]:
+        """Events score_new did not score because their shard is unreadable, with why."""
+        refused, self._refused = self._refused, []
+        return refused
 
     def score_new(
         self, events: Sequence[RawEvent], positions: Sequence[Position], now: float | None = None
@@ -71,8 +87,13 @@ class ScoringService:
         self._load(self.engine.missing(events))
         fresh: list[RawEvent] = []
         touched: set[str] = set()
+        refused = 0
         for event, position in zip(events, positions, strict=True):
             key = event.shard_key
+            if key in self.unreadable:
+                self._refused.append((event, self.unreadable[key]))
+                refused += 1
+                continue
             known = self.positions.get(key)
             if known is not None and known.covers(position.source, position.offset):
                 continue
@@ -88,16 +109,27 @@ class ScoringService:
         active = time.monotonic()
         for key in touched:
             self.last_active[key] = active
-        return scored, len(events) - len(fresh)
+        return scored, len(events) - len(fresh) - refused
 
     def feedback(self, event: RawEvent, label: str) -> None:
+        """Apply a verdict; raises :class:`ShardUnreadable` when the shard cannot be read."""
         self._load(self.engine.missing([event]))
+        if event.shard_key in self.unreadable:
+            raise ShardUnreadable(self.unreadable[event.shard_key])
         self.engine.feedback(event, label)
         self.last_active[event.shard_key] = time.monotonic()
 
     def _load(self, keys: Iterable[str]) -> None:
         for key in keys:
-            loaded = self.store.load_with_position(self.algorithm, key)
+            try:
+                loaded = self.store.load_with_position(self.algorithm, key)
+            except ShardUnreadable as exc:
+                if key not in self.unreadable:
+                    log.error("%s: its events are dead-lettered until it can be read (tried again on every batch)", exc.message)
+                self.unreadable[key] = exc.message
+                continue
+            if self.unreadable.pop(key, None) is not None:
+                log.warning("shard %s can be read again", key)
             table, position = loaded if loaded is not None else (None, None)
             shard = self.engine.algorithm.load_shard(table) if table is not None else None
             self.engine.install(key, shard)

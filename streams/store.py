@@ -23,6 +23,7 @@ import lancedb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from schemas.errors import ShardUnreadable
 from streams.algorithm import Changes
 
 log = logging.getLogger(__name__)
@@ -111,9 +112,11 @@ class ShardStore:
         name = table_name(algorithm, shard_key)
         try:
             raw = self._db.open_table(name).to_arrow()
-        except (FileNotFoundError, ValueError):
-            return None
-        learned, seq, position = _split_position(raw)
+            learned, seq, position = _split_position(raw)
+        except Exception as exc:  # noqa: BLE001 - which one depends on what broke; told apart below
+            if name not in self._names():
+                return None  # a shard with no history yet
+            raise ShardUnreadable(f"shard {shard_key}: LanceDB table {name} exists but cannot be read ({type(exc).__name__}: {exc})") from None
         self._seq[name] = seq
         return learned, position
 

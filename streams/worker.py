@@ -36,7 +36,7 @@ from ruleless.kafka import check_copartitioned, ensure_topics, topic_incarnation
 from ruleless.kafka import producer as make_producer
 from ruleless.metrics import WorkerMetrics, serve_metrics
 from ruleless.settings import Settings
-from schemas.errors import DecodeError, ServiceError
+from schemas.errors import DecodeError, ServiceError, ShardUnreadable
 from schemas.events import DeadLetter, RawEvent, ScoredEvent, dead_letter, decode, decode_feedback, encode
 from streams import faust_transport
 from streams.scoring import PendingWrite, ScoringService
@@ -166,6 +166,9 @@ class ScoringAgent:
         any learning is snapshotted (see _snapshot); a failed delivery stops the worker."""
         self._raise_on_failed_delivery()
         scored, skipped = self.service.score_new(events, positions) if events else ([], 0)
+        for event, why in self.service.take_refused():  # its shard cannot be read
+            dead.append((event.shard_key.encode(), dead_letter(ShardUnreadable(why), "worker", encode(event), self.topics.raw)))
+            self.metrics.dead_lettered.inc()
         for key, letter in dead:
             self._produce(self.topics.dead_letter, key, encode(letter))
         for out in scored:
@@ -246,7 +249,13 @@ class ScoringAgent:
                 dead = dead_letter(exc, "feedback", raw, msg.topic, msg.partition, msg.offset)
                 await self._engine(self._score_and_publish, [], [], [(ev.key, dead)])
                 continue
-            await self._engine(self.service.feedback, fb.event, fb.label)
+            try:
+                await self._engine(self.service.feedback, fb.event, fb.label)
+            except ShardUnreadable as exc:
+                msg = ev.message
+                dead = dead_letter(exc, "feedback", raw, msg.topic, msg.partition, msg.offset)
+                await self._engine(self._score_and_publish, [], [], [(ev.key, dead)])
+                continue
             log.info("feedback %s on %s (%s)", fb.label, fb.event.event_id, fb.event.shard_key)
         await self.flush()
         for ev in events:

@@ -95,3 +95,31 @@ def test_a_position_of_another_topic_incarnation_is_discarded_not_trusted(tmp_pa
     assert after.positions_discarded == 1
     after.flush()
     assert after.store.load_with_position(after.algorithm, events[0].shard_key)[1] == Position(new, 199)  # type: ignore[index]
+
+
+def test_an_unreadable_shard_is_refused_loudly_never_taken_as_empty(tmp_path: Path) -> None:
+    """Issue 14: an unreadable LanceDB table used to load as "no shard": an empty
+    baseline, then an alert storm. Its events are now refused (the worker dead-letters
+    them), the other shards are scored, and offline scoring stops with the reason."""
+    from schemas.errors import ShardUnreadable
+    from streams.store import table_name
+
+    events = fleet_stream(pairs=2, per_pair=100, seed=4)
+    keys = sorted({e.shard_key for e in events})
+    first = service(tmp_path)
+    first.score_new(events, [Position("raw/0", i) for i in range(len(events))])
+    first.flush()
+    broken = keys[0]
+    for data in (tmp_path / f"{table_name(first.algorithm, broken)}.lance" / "data").iterdir():
+        data.write_bytes(b"not a lance file")
+
+    later = fleet_stream(pairs=2, per_pair=10, seed=5)
+    after = service(tmp_path)
+    scored, skipped = after.score_new(later, [Position("raw/0", 1000 + i) for i in range(len(later))])
+    refused = after.take_refused()
+    assert skipped == 0
+    assert {e.shard_key for e, _ in refused} == {broken} and all("cannot be read" in why for _, why in refused)
+    assert {s.shard_key for s in scored} == set(keys) - {broken}
+    assert len(scored) + len(refused) == len(later)
+    with pytest.raises(ShardUnreadable, match="cannot be read"):
+        after.score([e for e in later if e.shard_key == broken])
