@@ -62,18 +62,23 @@ def test_every_event_lands_once_in_clickhouse_with_the_offline_score(topics: Set
     assert {r["model"] for r in rows} == {"evidence/1"}  # the default algorithm
 
 
-def test_ruleless_up_scores_this_hosts_own_processes(tmp_path: Path) -> None:
-    """`ruleless up` as a user runs it (own embedded broker), then this host execs a process."""
-    query_port = free_port()
-    env = {
+def up_env(query_port: int, org: str) -> dict[str, str]:
+    """`ruleless up` as a user runs it, on free ports (own embedded broker)."""
+    return {
         **os.environ,
         "RULELESS_KAFKA__BOOTSTRAP": f"127.0.0.1:{free_port()}",
         "RULELESS_SINK__QUERY_PORT": str(query_port),
         "RULELESS_WORKER__METRICS_PORT": str(free_port()),
         "RULELESS_SINK__METRICS_PORT": str(free_port()),
         "RULELESS_AGENT__METRICS_PORT": str(free_port()),
-        "RULELESS_AGENT__ORG_ID": "selftest",
+        "RULELESS_AGENT__ORG_ID": org,
     }
+
+
+def test_ruleless_up_scores_this_hosts_own_processes(tmp_path: Path) -> None:
+    """`ruleless up` as a user runs it (own embedded broker), then this host execs a process."""
+    query_port = free_port()
+    env = up_env(query_port, "selftest")
     marker = f"{time.time() % 1000:.3f}"
     up = subprocess.Popen(
         [RULELESS, "up", "--data-dir", str(tmp_path / "data")],
@@ -151,15 +156,7 @@ def test_ruleless_up_restarts_what_dies_and_leaves_nothing_behind(tmp_path: Path
     a broker restart still reach ClickHouse, though offsets start at 0 again); a SIGKILLed
     `ruleless up` takes every part with it."""
     query_port = free_port()
-    env = {
-        **os.environ,
-        "RULELESS_KAFKA__BOOTSTRAP": f"127.0.0.1:{free_port()}",
-        "RULELESS_SINK__QUERY_PORT": str(query_port),
-        "RULELESS_WORKER__METRICS_PORT": str(free_port()),
-        "RULELESS_SINK__METRICS_PORT": str(free_port()),
-        "RULELESS_AGENT__METRICS_PORT": str(free_port()),
-        "RULELESS_AGENT__ORG_ID": "supervised",
-    }
+    env = up_env(query_port, "supervised")
     up = subprocess.Popen([RULELESS, "up", "--data-dir", str(tmp_path / "data")], env=env,
                           stdout=open(tmp_path / "up.log", "wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{query_port}"
