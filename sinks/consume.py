@@ -40,7 +40,7 @@ from ruleless.settings import Settings
 from schemas.errors import BackpressureError, DecodeError, ServiceError, SinkWriteError
 from schemas.events import dead_letter, decode_scored, encode
 from sinks.clickhouse import INSERT_COLUMNS, Backend, Row, dedup_token, event_row, open_backend, rows_table
-from sinks.query import QueryServer, ensure_token
+from sinks.query import QueryServer, check_bind, ensure_token
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,8 @@ class Sink:
             self.backend.ensure_schema()
             try:
                 configured = s.sink.query_token.get_secret_value() if s.sink.query_token else None
+                # Beyond loopback only with a token someone configured (and so can hand out).
+                check_bind(s.sink.query_host, configured, "the query endpoint")
                 self.query_token = ensure_token(configured, s.data_dir)
                 query_server = QueryServer(self.backend, self.query_token, s.sink.query_host, s.sink.query_port).start()
                 self.query_url = query_server.url

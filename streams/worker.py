@@ -244,14 +244,8 @@ class ScoringAgent:
             raw = ev.value if isinstance(ev.value, bytes) else bytes(ev.value or b"")
             try:
                 fb = decode_feedback(raw)
-            except DecodeError as exc:
-                msg = ev.message
-                dead = dead_letter(exc, "feedback", raw, msg.topic, msg.partition, msg.offset)
-                await self._engine(self._score_and_publish, [], [], [(ev.key, dead)])
-                continue
-            try:
                 await self._engine(self.service.feedback, fb.event, fb.label)
-            except ShardUnreadable as exc:
+            except (DecodeError, ShardUnreadable) as exc:
                 msg = ev.message
                 dead = dead_letter(exc, "feedback", raw, msg.topic, msg.partition, msg.offset)
                 await self._engine(self._score_and_publish, [], [], [(ev.key, dead)])

@@ -246,3 +246,12 @@ def test_rows_the_store_refuses_on_their_own_are_dead_lettered_after_bounded_ret
         assert store.count() == 50
     letters = read_dead_letters(settings, 3)
     assert all(dl.stage == "sink" and "no_poison" in dl.reason and b"refused-by-check" in dl.raw for _, dl in letters)
+
+
+def test_the_sink_refuses_a_query_endpoint_beyond_loopback_without_a_configured_token(topics: Settings) -> None:
+    from schemas.errors import ConfigError
+
+    exposed = topics.model_copy(update={"sink": topics.sink.model_copy(update={"query_host": "0.0.0.0", "query_token": None})})
+    with pytest.raises(ConfigError, match="without a token"):
+        with running_sink(exposed):
+            pass
