@@ -116,6 +116,7 @@ def _normalize_part(token: str, keep_case: bool = False) -> str:
 _MERGED_USR = ("/bin/", "/sbin/", "/lib/", "/lib32/", "/lib64/", "/libx32/")
 
 
+@lru_cache(maxsize=1 << 14)
 def program_path(exe: str) -> str:
     """One name per program: merged-/usr aliases under /usr, normalised."""
     if exe.startswith(_MERGED_USR):
@@ -149,10 +150,15 @@ _INLINE_CODE_FLAGS = frozenset({"-c", "-e", "-E", "-r"})
 _CODE_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
+@lru_cache(maxsize=4096)
+def _is_interpreter(program: str) -> bool:
+    return _INTERPRETER.fullmatch(program.lower()) is not None
+
+
 def interpreter_code(program: str, argv: list[str]) -> str | None:
     """The inline code of ``python3 -c CODE``, ``perl -e CODE``… (``program`` is the
     program's base name), else None."""
-    if not _INTERPRETER.fullmatch(program.lower()):
+    if not _is_interpreter(program):
         return None
     for i, arg in enumerate(argv[1:4], start=1):
         if arg in _INLINE_CODE_FLAGS:
@@ -178,12 +184,15 @@ _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 # shell's own redirections; not a verdict on any of them): the last operand of cp, mv,
 # install, ln, rsync; every operand of tee; dd's of=.
 _WRITES_LAST = frozenset({"cp", "mv", "install", "ln", "rsync", "scp"})
+_WRITERS = _WRITES_LAST | {"tee", "dd"}
 _REDIRECT = re.compile(r"^(?:\d*|&)>>?\|?(.*)$")
 
 
 def write_targets(words: list[str]) -> list[str]:
     """The files a simple command writes: its redirections (``> f``, ``>> f``, ``2>f``)
     and, for a few well-known programs, the operand they write to."""
+    if not words or (basename(words[0]) not in _WRITERS and not any(">" in w for w in words)):
+        return []  # (most commands: no call into the loop below)
     targets: list[str] = []
     rest: list[str] = []
     take_next = False
