@@ -263,6 +263,38 @@ def sample_disjoint(lines: Sequence[dict], names: Sequence[str], per_workload: i
     return out
 
 
+def split_attacks(lines: Sequence[dict]) -> tuple[list[dict], list[dict]]:
+    """The attack corpus as a *tuned* and a *held-out* half sharing no technique and no
+    binary (issue 13): tune on the first, report the second.
+
+    Techniques (MITRE id; none = its own group) go, largest first, to the half with fewer
+    lines so far; each binary (the GTFOBins entry a line comes from) then goes to the half
+    most of its lines are in, and a line whose binary and technique fell in different
+    halves is left out of both. Deterministic: it depends on the corpus alone.
+    """
+    technique = lambda line: line.get("technique") or "none"  # noqa: E731
+    binary = lambda line: (line.get("snippet") or line.get("process_name") or "?").split("/")[0]  # noqa: E731
+    sizes: dict[str, int] = defaultdict(int)
+    for line in lines:
+        sizes[technique(line)] += 1
+    half_of_technique: dict[str, int] = {}
+    totals = [0, 0]
+    for name, size in sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0])):
+        half = 0 if totals[0] <= totals[1] else 1
+        half_of_technique[name] = half
+        totals[half] += size
+    votes: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for line in lines:
+        votes[binary(line)][half_of_technique[technique(line)]] += 1
+    half_of_binary = {name: 0 if v[0] >= v[1] else 1 for name, v in votes.items()}
+    halves: tuple[list[dict], list[dict]] = ([], [])
+    for line in lines:
+        half = half_of_technique[technique(line)]
+        if half_of_binary[binary(line)] == half:
+            halves[half].append(line)
+    return halves
+
+
 # --------------------------------------------------------------------------- scoring
 @dataclass
 class Scored:
@@ -345,16 +377,20 @@ def metrics(wl: Workload, s: Scored) -> dict:
     test = s.normal_ts >= wl.test_start
     normal = s.normal[test]
     attacks = s.injected.get("attack", [])
+    held = s.injected.get("attack_held_out", [])
     benign = s.injected.get("benign", [])
     t = threshold_at(normal)
     return {
         "normal_events_test": int(test.sum()),
         "attacks": len(attacks),
+        "held_out_attacks": len(held),
         "benign_new": len(benign),
         "roc_auc": roc_auc(attacks, normal),
+        "held_out_roc_auc": roc_auc(held, normal) if held else float("nan"),
         "threshold": t,
         "normal_alert_rate": rate_at(normal, t),
         "recall": rate_at(attacks, t),
+        "held_out_recall": rate_at(held, t) if held else float("nan"),
         "benign_new_alert_rate": rate_at(benign, t),
         "events_per_s": s.events / s.seconds if s.seconds else float("nan"),
         "engine_alert_rate": s.engine_alert,
@@ -373,8 +409,10 @@ def overall(per_workload: dict[str, dict]) -> dict:
     """Mean over workloads and the worst workload, per figure."""
     rows = list(per_workload.values())
     out: dict[str, dict] = {"mean": {}, "worst": {}}
-    for name, worst in (("roc_auc", min), ("recall", min), ("benign_new_alert_rate", max),
-                        ("normal_alert_rate", max), ("events_per_s", min)):  # fmt: skip
+    for name, worst in (("roc_auc", min), ("recall", min), ("held_out_roc_auc", min), ("held_out_recall", min),
+                        ("benign_new_alert_rate", max), ("normal_alert_rate", max), ("events_per_s", min)):  # fmt: skip
+        if not all(name in r for r in rows):
+            continue
         values = [r[name] for r in rows if not math.isnan(r[name])]
         out["mean"][name] = float(np.mean(values)) if values else float("nan")
         out["worst"][name] = worst(values) if values else float("nan")
@@ -392,8 +430,9 @@ def print_table(results: dict, algorithms: list[str]) -> None:
         caption=f"test days = after the first {WARMUP_FRACTION:.0%} of each workload's days; threshold = lowest score "
         f"at which ≤ {TARGET_NORMAL_ALERT_RATE:.1%} of normal test events alert",
     )  # fmt: skip
-    for name, justify in (("workload", "left"), ("algorithm", "left"), ("normal/attack/benign-new", "right"),
-                          ("ROC-AUC", "right"), ("threshold", "right"), ("recall", "right"),
+    for name, justify in (("workload", "left"), ("algorithm", "left"), ("normal/tuned/held-out/benign-new", "right"),
+                          ("ROC-AUC tuned", "right"), ("held-out", "right"), ("threshold", "right"),
+                          ("recall tuned", "right"), ("held-out", "right"),
                           ("benign-new alerts", "right"), ("normal alerts", "right"), ("events/s", "right")):  # fmt: skip
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for wl, info in results["workloads"].items():
@@ -401,8 +440,10 @@ def print_table(results: dict, algorithms: list[str]) -> None:
             m = info["algorithms"][alg]
             table.add_row(
                 wl if i == 0 else "", alg,
-                f"{m['normal_events_test']:,}/{m['attacks']}/{m['benign_new']}" if i == 0 else "",
-                _fmt(m["roc_auc"], "{:.3f}"), ">1" if m["threshold"] > 1 else _fmt(m["threshold"], "{:.3f}"), _fmt(m["recall"], "{:.1%}"),
+                f"{m['normal_events_test']:,}/{m['attacks']}/{m.get('held_out_attacks', 0)}/{m['benign_new']}" if i == 0 else "",
+                _fmt(m["roc_auc"], "{:.3f}"), _fmt(m.get("held_out_roc_auc", float("nan")), "{:.3f}"),
+                ">1" if m["threshold"] > 1 else _fmt(m["threshold"], "{:.3f}"), _fmt(m["recall"], "{:.1%}"),
+                _fmt(m.get("held_out_recall", float("nan")), "{:.1%}"),
                 _fmt(m["benign_new_alert_rate"], "{:.1%}"), _fmt(m["normal_alert_rate"], "{:.2%}"),
                 _fmt(m["events_per_s"], "{:,.0f}"), end_section=i == len(algorithms) - 1,
             )  # fmt: skip
@@ -410,12 +451,14 @@ def print_table(results: dict, algorithms: list[str]) -> None:
         for i, alg in enumerate(algorithms):
             o = results["overall"][alg][agg]
             table.add_row(
-                f"[bold]{agg}[/bold]" if i == 0 else "", alg, "", _fmt(o["roc_auc"], "{:.3f}"), "",
-                _fmt(o["recall"], "{:.1%}"), _fmt(o["benign_new_alert_rate"], "{:.1%}"),
+                f"[bold]{agg}[/bold]" if i == 0 else "", alg, "", _fmt(o["roc_auc"], "{:.3f}"),
+                _fmt(o.get("held_out_roc_auc", float("nan")), "{:.3f}"), "",
+                _fmt(o["recall"], "{:.1%}"), _fmt(o.get("held_out_recall", float("nan")), "{:.1%}"),
+                _fmt(o["benign_new_alert_rate"], "{:.1%}"),
                 _fmt(o["normal_alert_rate"], "{:.2%}"), _fmt(o["events_per_s"], "{:,.0f}"),
                 end_section=i == len(algorithms) - 1,
             )  # fmt: skip
-    Console(width=max(150, Console().width)).print(table)
+    Console(width=max(180, Console().width)).print(table)
 
 
 def _fmt(value: float | None, fmt: str) -> str:
@@ -456,11 +499,12 @@ def main(argv: list[str] | None = None) -> int:
     names = args.workloads.split(",") if args.workloads else None
     workloads = load_workloads(args.data_dir, names)
     algorithms = args.algorithms.split(",") if args.algorithms else algorithms_in_order()
-    attacks = load_bench(args.bench_dir / "attacks_dev.jsonl")
+    attacks, held_out = split_attacks(load_bench(args.bench_dir / "attacks_dev.jsonl"))
     benign = load_bench(args.bench_dir / "benign_dev.jsonl")
     wl_names = [w.name for w in workloads]
     rng = random.Random(args.seed)
     attack_sets = sample_disjoint(attacks, wl_names, None if args.all else args.attacks, rng)
+    held_out_sets = sample_disjoint(held_out, wl_names, None if args.all else args.attacks, rng)
     benign_sets = sample_disjoint(benign, wl_names, None if args.all else args.benign, rng)
 
     results: dict = {
@@ -479,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         contexts = parents_by_context(wl)
         wl_rng = random.Random(f"{args.seed}:{wl.name}")
         injected = inject(attack_sets[wl.name], wl, contexts, wl_rng, "attack")
+        injected += inject(held_out_sets[wl.name], wl, contexts, wl_rng, "attack_held_out")
         injected += inject(benign_sets[wl.name], wl, contexts, wl_rng, "benign")
         info = {"days": wl.days, "warmup_days": wl.warmup_days, "normal_events": len(wl.events),
                 "contexts": len(contexts), "algorithms": {}}  # fmt: skip

@@ -170,3 +170,20 @@ class TestRecordedData:
         for line in events[:: max(1, len(events) // 200)]:
             decode(json.dumps(line))
         assert [e["ts"] for e in events] == sorted(e["ts"] for e in events)
+
+
+def test_the_held_out_half_shares_no_technique_and_no_binary_with_the_tuned_one() -> None:
+    from tests.eval.evaluate import split_attacks
+
+    lines = [
+        {"snippet": f"{b}/x/0/default", "technique": t}
+        for b, t in [("bash", "T1059"), ("bash", "T1059"), ("bash", "T1005"), ("awk", "T1059"), ("cat", "T1005"),
+                     ("cat", "T1005"), ("curl", "T1105"), ("curl", "T1105"), ("zip", None), ("awk", "T1059")]
+    ]
+    tuned, held = split_attacks(lines)
+    tech = lambda ls: {l["technique"] or "none" for l in ls}  # noqa: E731
+    binary = lambda ls: {l["snippet"].split("/")[0] for l in ls}  # noqa: E731
+    assert tuned and held
+    assert not tech(tuned) & tech(held) and not binary(tuned) & binary(held)
+    assert len(tuned) + len(held) == len(lines) - 1  # bash's one T1005 line has no side
+    assert split_attacks(list(reversed(lines)))[0] == [l for l in reversed(lines) if l in tuned]  # order-independent halves
