@@ -37,6 +37,10 @@ class WorkerMetrics:
                 "ruleless_worker_positions_discarded_total",
                 "Shard positions set aside because they were of another topic incarnation (topic re-created, broker restarted)",
             )
+            inst.fenced_writes = Counter(
+                "ruleless_worker_fenced_writes_total",
+                "Shard writes refused because a newer owner claimed the shard's partition (a stale worker)",
+            )
             cls._instance = inst
         return cls._instance
 

@@ -131,6 +131,16 @@ def create_database_sql(ch: ClickHouseSettings) -> str:
     return f"CREATE DATABASE IF NOT EXISTS {_ident(ch.database)}"
 
 
+# The event time as partitioning and retention see it: within [written - PAST_DAYS,
+# written + 1 day]. Events of a sane clock keep their own day's partition; a host whose
+# clock says 1970 or 2299 cannot create partitions of its own (issue 14: one insert over
+# 1,000 days was refused, at most 100 partitions per insert block) nor, past 2106, wrap
+# DateTime and expire at once.
+PAST_DAYS = 7
+_CLAMPED_TIME = (f"least(greatest(event_time, inserted_at - INTERVAL {PAST_DAYS} DAY), "
+                 "inserted_at + INTERVAL 1 DAY)")
+
+
 def create_table_sql(ch: ClickHouseSettings) -> str:
     """DDL of the events table (idempotent; an existing table is left as it is)."""
     cols = ",\n".join(
@@ -139,12 +149,12 @@ def create_table_sql(ch: ClickHouseSettings) -> str:
     return (
         f"CREATE TABLE IF NOT EXISTS {table_ref(ch)}\n(\n{cols}\n)\n"
         "ENGINE = ReplacingMergeTree(scored_at)\n"
-        "PARTITION BY toDate(event_time)\n"
+        f"PARTITION BY toDate({_CLAMPED_TIME})\n"
         "ORDER BY (org_id, workload, ts, event_id)\n"
         # Retention counts from the later of event time and write time: live events
         # expire ttl_days after they happened, while a replay or backfill of older
         # events stays queryable for ttl_days instead of vanishing on its first merge.
-        f"TTL toDateTime(greatest(event_time, inserted_at)) + INTERVAL {int(ch.ttl_days)} DAY\n"
+        f"TTL toDateTime(greatest({_CLAMPED_TIME}, inserted_at)) + INTERVAL {int(ch.ttl_days)} DAY\n"
         f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}"
     )
 

@@ -9,6 +9,12 @@ remembers the last input offset it learned, writes it with its learning, and ski
 events it has already learned when a partition is read again after a crash or a
 rebalance — learning is exactly-once per event, so scores do not depend on where a
 worker died.
+
+Stream workers also fence their writes (issue 14): :meth:`ScoringService.claim` takes
+the partitions a worker was assigned, and :meth:`write` writes a shard only while that
+claim is still the latest — a worker that stalled while another took over writes
+nothing, and the shards it refused to write are handed back by :meth:`take_fenced` for
+eviction.
 """
 
 from __future__ import annotations
@@ -23,9 +29,22 @@ from schemas.errors import ShardUnreadable
 from schemas.events import RawEvent, ScoredEvent
 from streams.algorithm import Changes
 from streams.engine import Engine
-from streams.store import Position, ShardStore
+from streams.store import Position, ShardStore, claim_key
 
 log = logging.getLogger(__name__)
+
+# While writing a snapshot, claims are read again when this long has passed since the
+# last read (a read is ~5 ms, a shard's write ~7 ms): a writer stopped mid-snapshot and
+# resumed later checks again before its next shard.
+RECHECK_CLAIMS_S = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """The partitions a stream worker claimed: claim key -> generation, and who it is."""
+
+    owner: str
+    held: dict[str, int]
 
 @dataclass(frozen=True, slots=True)
 class PendingWrite:
@@ -55,6 +74,12 @@ class ScoringService:
         self.unreadable: dict[str, str] = {}
         # The events score_new refused since take_refused() was last called.
         self._refused: list[tuple[RawEvent, str]] = []
+        # Stream workers only: the partitions claimed, each shard's partition (claim key),
+        # the claims found superseded, and the shards a write refused since take_fenced().
+        self.fence: Fence | None = None
+        self.partition_of: dict[str, str] = {}
+        self.lost: set[str] = set()
+        self._fenced: list[str] = []
 
     @property
     def algorithm(self) -> str:
@@ -105,17 +130,21 @@ class ScoringService:
             fresh.append(event)
             touched.add(key)
             self.positions[key] = position
+            self.partition_of[key] = claim_key(position.source)
         scored = self.engine.score(fresh, time.time() if now is None else now) if fresh else []
         active = time.monotonic()
         for key in touched:
             self.last_active[key] = active
         return scored, len(events) - len(fresh) - refused
 
-    def feedback(self, event: RawEvent, label: str) -> None:
-        """Apply a verdict; raises :class:`ShardUnreadable` when the shard cannot be read."""
+    def feedback(self, event: RawEvent, label: str, source: str | None = None) -> None:
+        """Apply a verdict; raises :class:`ShardUnreadable` when the shard cannot be read.
+        ``source`` is the raw partition ("topic/partition") the shard is read from."""
         self._load(self.engine.missing([event]))
         if event.shard_key in self.unreadable:
             raise ShardUnreadable(self.unreadable[event.shard_key])
+        if source is not None:
+            self.partition_of[event.shard_key] = source
         self.engine.feedback(event, label)
         self.last_active[event.shard_key] = time.monotonic()
 
@@ -152,16 +181,41 @@ class ScoringService:
         changes = self.engine.take_changes()
         return PendingWrite(changes, {key: self.positions.get(key) for key in changes})
 
+    def claim(self, sources: list[str], owner: str) -> None:
+        """Claim input partitions ("topic/partition") for this worker (see streams.store)."""
+        self.fence = Fence(owner, self.store.claim(sources, owner))
+        self.lost.clear()
+
     def write(self, pending: PendingWrite) -> int:
         """Write a snapshot to LanceDB, one commit per shard; returns shards written.
+
+        With a :attr:`fence`, a shard is written only while the claim of its partition
+        is still this worker's; the others are refused and kept for :meth:`take_fenced`.
 
         A shard's merge costs ~7 ms here (100 shards: 0.7 s), so stream callers write on
         a thread of their own while scoring goes on. Writing shards from several threads
         at once was slower (1.4 s for 100), so they are written one after the other.
         """
+        written = 0
+        holding: set[str] = set()
+        checked = float("-inf")
         for key, change in pending.changes.items():
+            if self.fence is not None:
+                if time.monotonic() - checked > RECHECK_CLAIMS_S:
+                    holding = self.store.holds(self.fence.held, self.fence.owner)
+                    self.lost |= set(self.fence.held) - holding
+                    checked = time.monotonic()
+                if self.partition_of.get(key) not in holding:
+                    self._fenced.append(key)
+                    continue
             self.store.save(self.algorithm, key, change, position=pending.positions[key])
-        return len(pending.changes)
+            written += 1
+        return written
+
+    def take_fenced(self) -> list[str]:
+        """Shards whose changes a write refused (their partition has a newer owner)."""
+        fenced, self._fenced = self._fenced, []
+        return fenced
 
     def release(self, keys: Iterable[str]) -> None:
         """Flush, then forget shards this process no longer owns (partition revoked)."""
@@ -174,6 +228,7 @@ class ScoringService:
             self.engine.evict(key)
             self.positions.pop(key, None)
             self.last_active.pop(key, None)
+            self.partition_of.pop(key, None)
 
     def idle_since(self, before: float) -> list[str]:
         """Shards in memory whose learning has not changed since ``before`` (monotonic)."""

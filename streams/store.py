@@ -9,12 +9,19 @@ last event its learning includes (issue 5). The position columns travel in the s
 LanceDB commit as the learning (upserts and deletes are one ``merge_insert``), so a
 reloaded shard says exactly which events it has already learned — what lets a new owner
 after a crash skip them instead of learning them twice.
+
+Writers are fenced (issue 14): a worker *claims* each input partition it is assigned
+(:meth:`ShardStore.claim`, one generation above the last claim, in the ``_owners``
+table), and checks its claim before each shard it writes (:meth:`ShardStore.holds`). A
+worker that stalled past its session timeout, whose partitions a newer owner claimed and
+loaded meanwhile, finds its claim superseded and writes nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from datetime import timedelta
 
 from dataclasses import dataclass
@@ -84,6 +91,21 @@ def _split_position(table: pa.Table) -> tuple[pa.Table, int, Position | None]:
     return learned, seq, position
 
 
+# The table of partition claims: one row per input partition ("topic/partition"), with
+# the generation of its latest claim and who made it.
+OWNERS_TABLE = "_owners"
+_OWNERS_SCHEMA = pa.schema([
+    pa.field("source", pa.string()), pa.field("generation", pa.int64()),
+    pa.field("owner", pa.string()), pa.field("claimed_at", pa.float64()),
+])  # fmt: skip
+
+
+def claim_key(source: str) -> str:
+    """The partition a position's source names, without its topic incarnation: claims
+    outlive a topic being re-created."""
+    return source.split("#", 1)[0]
+
+
 def table_name(algorithm: str, shard_key: str) -> str:
     """Readable and unambiguous: names may contain "__", the hash tells them apart."""
     org_id, workload = shard_key.split("/", 1)
@@ -98,6 +120,45 @@ class ShardStore:
         self._touched: set[str] = set()
         # Highest flush sequence number per table, as last read or written here.
         self._seq: dict[str, int] = {}
+
+    # -- ownership (fencing) -------------------------------------------------------------
+
+    def claim(self, sources: list[str], owner: str) -> dict[str, int]:
+        """Claim input partitions for ``owner``: each gets the generation one above its
+        last claim. Returns the generation ``owner`` now holds per source; a source that
+        another owner claimed at the same moment (with the same or a higher generation)
+        maps to the generation tried, which :meth:`holds` then refuses."""
+        if not sources:
+            return {}
+        table = self._owners()
+        current = self.claims()
+        tried = {src: current.get(src, (0, ""))[0] + 1 for src in sources}
+        rows = pa.table({
+            "source": list(tried), "generation": list(tried.values()),
+            "owner": [owner] * len(tried), "claimed_at": [time.time()] * len(tried),
+        }, schema=_OWNERS_SCHEMA)  # fmt: skip
+        # Conditional on the row still being older: of two claims of one generation, one wins.
+        (table.merge_insert("source").when_matched_update_all(where="target.generation < source.generation")
+         .when_not_matched_insert_all().execute(rows))  # fmt: skip
+        return tried
+
+    def claims(self) -> dict[str, tuple[int, str]]:
+        """Every partition's latest claim: source -> (generation, owner)."""
+        rows = self._owners().to_arrow().to_pylist()
+        return {r["source"]: (int(r["generation"]), r["owner"]) for r in rows}
+
+    def holds(self, held: dict[str, int], owner: str) -> set[str]:
+        """The sources of ``held`` whose latest claim is still this owner's generation."""
+        latest = self.claims()
+        return {src for src, gen in held.items() if latest.get(src) == (gen, owner)}
+
+    def _owners(self) -> lancedb.table.Table:
+        try:
+            return self._db.open_table(OWNERS_TABLE)
+        except (FileNotFoundError, ValueError):
+            return self._db.create_table(OWNERS_TABLE, schema=_OWNERS_SCHEMA, exist_ok=True)
+
+    # -- shards ----------------------------------------------------------------------------
 
     def _names(self) -> set[str]:
         return set(self._db.list_tables().tables)

@@ -17,12 +17,22 @@ offset it learned, and a re-delivered event at or below it is skipped (it was sc
 published and learned already). Events after it are scored from exactly the state the
 dead owner had before them, so a takeover gives the same scores as one worker would.
 On revocation every shard is flushed and evicted; the next owner reloads it from LanceDB.
+
+Writes are fenced: at every assignment the worker claims its raw partitions in LanceDB
+(a generation one above the last claim), and a shard is written only while its
+partition's claim is still this worker's. A worker stopped past its session timeout
+(SIGSTOP, a long GC, a frozen VM) whose partitions another worker claimed meanwhile
+writes nothing when it resumes: its refused shards are counted, evicted and never acked,
+and the new owner's learning stands.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
+import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -112,6 +122,8 @@ class ScoringAgent:
         self.incarnation = ""
         self._discarded_seen = 0
         self._delivery_failures: list[str] = []
+        # Who this worker is in the partition claims (streams.store: fencing).
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
     async def _engine(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -135,10 +147,25 @@ class ScoringAgent:
         """Drop events of partitions revoked while they sat in the take buffer: their
         new owner scores them, and learning them here would write a stale shard."""
         assigned = self.app.consumer.assignment()
-        kept = [ev for ev in events if ev.message.tp in assigned]
+        kept = [ev for ev in events if ev.message.tp in assigned and not self._lost(ev)]
         if len(kept) < len(events):
             log.info("dropped %d buffered events of revoked partitions", len(events) - len(kept))
         return kept
+
+    def _lost(self, ev: EventT) -> bool:
+        """True when the event's partition has a newer owner (found at a fenced write)."""
+        return bool(self.service.lost) and f"{self.topics.raw}/{ev.message.partition}" in self.service.lost
+
+    async def claim(self, partitions: list[int]) -> None:
+        """Claim the raw partitions just assigned, before any of their shards is loaded."""
+        sources = [f"{self.topics.raw}/{p}" for p in partitions]
+        loop = asyncio.get_running_loop()
+        async with self._write_lock:
+            async with self._lock:
+                await loop.run_in_executor(self.writer, self.service.claim, sources, self.owner)
+        held = self.service.fence.held if self.service.fence else {}
+        log.info("claimed %d partitions as %s: %s", len(held), self.owner,
+                 ", ".join(f"{src} (generation {gen})" for src, gen in sorted(held.items())) or "-")
 
     async def _process(self, stream: Any, events: list[EventT]) -> None:
         self._stream = stream
@@ -244,7 +271,7 @@ class ScoringAgent:
             raw = ev.value if isinstance(ev.value, bytes) else bytes(ev.value or b"")
             try:
                 fb = decode_feedback(raw)
-                await self._engine(self.service.feedback, fb.event, fb.label)
+                await self._engine(self.service.feedback, fb.event, fb.label, f"{self.topics.raw}/{ev.message.partition}")
             except (DecodeError, ShardUnreadable) as exc:
                 msg = ev.message
                 dead = dead_letter(exc, "feedback", raw, msg.topic, msg.partition, msg.offset)
@@ -267,7 +294,10 @@ class ScoringAgent:
                 pending, compact = await self._engine(self._snapshot)
                 snapped = time.monotonic()
                 done, self._pending = self._pending, []
-            await self._write(pending, done, compact)
+            fenced = await self._write(pending, done, compact)
+            if fenced:
+                async with self._lock:
+                    await self._engine(self.service.evict, fenced)
             await self._evict_idle(snapped)
 
     async def _evict_idle(self, snapped: float) -> None:
@@ -296,7 +326,9 @@ class ScoringAgent:
             log.info("maintenance: pruned %d expired behaviours", pruned)
         return self.service.take_changes(), due
 
-    async def _write(self, pending: PendingWrite, done: list[EventT], compact: bool) -> None:
+    async def _write(self, pending: PendingWrite, done: list[EventT], compact: bool) -> list[str]:
+        """Write a snapshot, then ack what it covers; returns the shards the fence refused
+        (the caller evicts them: their learning in memory is not what LanceDB holds)."""
         loop = asyncio.get_running_loop()
         try:
             shards = await loop.run_in_executor(self.writer, self.service.write, pending)
@@ -306,12 +338,20 @@ class ScoringAgent:
         except Exception:
             self.failed = True  # acking now would skip events whose learning is not stored
             raise
+        fenced = self.service.take_fenced()
+        if fenced:
+            self.metrics.fenced_writes.inc(len(fenced))
+            log.error("refused to write %d shards: partitions %s were claimed by a newer owner while this worker "
+                      "stalled; their learning here is dropped and their events left to that owner",
+                      len(fenced), sorted(self.service.lost))
         if self._stream is not None:
             for ev in done:
-                await self._stream.ack(ev)
+                if not self._lost(ev):
+                    await self._stream.ack(ev)
         self.metrics.shards.set(len(self.service.engine.shards))
         if shards:
             log.debug("flushed %d shards, acked %d events", shards, len(done))
+        return fenced
 
     def _evict_idle_now(self, before: float) -> list[str]:
         """(engine thread, so no feedback can land between the check and the eviction)"""
@@ -417,6 +457,7 @@ def create_app(settings: Settings) -> faust.App:
                 None, topic_incarnation, settings.kafka, settings.topics.raw)
         log.info("assigned %d partitions of %s (topic id %s): %s", len(mine), settings.topics.raw,
                  agent_state.incarnation or "-", mine)
+        await agent_state.claim(mine)
 
     app.ruleless = agent_state  # type: ignore[attr-defined]
     return app

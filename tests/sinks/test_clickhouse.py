@@ -22,6 +22,7 @@ from sinks.clickhouse import (
     COLUMNS,
     INSERT_COLUMNS,
     MAX_TS,
+    PAST_DAYS,
     Backend,
     ChdbBackend,
     ServerBackend,
@@ -57,7 +58,7 @@ def clickhouse_server() -> Iterator[ClickHouseSettings]:
         pytest.skip(reason)
     from testcontainers.community.clickhouse import ClickHouseContainer
 
-    with ClickHouseContainer("clickhouse/clickhouse-server:latest") as server:
+    with ClickHouseContainer("clickhouse/clickhouse-server:24.8") as server:
         url = f"http://{server.get_container_host_ip()}:{server.get_exposed_port(8123)}"
         yield ClickHouseSettings(
             backend="server", url=url, username=server.username, password=server.password, database="ruleless_test"
@@ -91,9 +92,10 @@ def test_schema_has_every_event_field(backend: Backend) -> None:
     engine = backend.query(
         f"SELECT engine_full FROM system.tables WHERE database = '{backend.ch.database}' AND name = '{backend.ch.table}'"
     )[0]["engine_full"]
-    assert engine.startswith("ReplacingMergeTree(scored_at) PARTITION BY toDate(event_time)")
+    clamped = "least(greatest(event_time, inserted_at - toIntervalDay(7)), inserted_at + toIntervalDay(1))"
+    assert engine.startswith(f"ReplacingMergeTree(scored_at) PARTITION BY toDate({clamped})"), engine
     assert "ORDER BY (org_id, workload, ts, event_id)" in engine
-    assert f"TTL toDateTime(greatest(event_time, inserted_at)) + toIntervalDay({backend.ch.ttl_days})" in engine
+    assert f"TTL toDateTime(greatest({clamped}, inserted_at)) + toIntervalDay({backend.ch.ttl_days})" in engine
 
 
 def test_round_trip_keeps_every_value(backend: Backend) -> None:
@@ -233,3 +235,24 @@ def test_a_table_of_an_earlier_schema_gets_the_new_columns(settings: Settings) -
         assert described == {c.name: c.ch_type for c in COLUMNS}
         store.insert(rows_table([event_row(scored(i, "upgraded")) for i in range(5)]))
         assert store.count() == 5
+
+
+def test_hosts_with_wrong_clocks_cannot_multiply_partitions(backend: Backend) -> None:
+    """Issue 14: one insert of events dated over 1,000 different days (a host whose clock
+    says 1970, another that says 2299) is stored, in a bounded number of partitions;
+    partitioning by event day alone refused it (over 100 partitions in one insert
+    block) and would have made a partition per day."""
+    days = [i * 86_400.0 * 120 for i in range(1000)]  # 1970 .. ~2298
+    rows = [event_row(scored(i, "clock", ts=min(t, MAX_TS - 1))) for i, t in enumerate(days)]
+    now = time.time()
+    rows += [event_row(scored(i, "now", ts=now - i * 3600)) for i in range(48)]  # today, yesterday
+    backend.insert(rows_table(rows))
+    assert backend.count() == 1048
+    parts = backend.query(
+        f"SELECT uniqExact(partition) AS n FROM system.parts WHERE database = '{backend.ch.database}' "
+        f"AND table = '{backend.ch.table}' AND active"
+    )
+    # Whatever the clocks say: the days of the window around the write, no more.
+    assert int(parts[0]["n"]) <= PAST_DAYS + 2, parts
+    # Events of the last days keep their own day's partition (what TTL drops and dedup sees).
+    assert backend.count("event_id LIKE 'now-%' AND formatDateTime(event_time, '%Y%m%d') = _partition_id") == 48

@@ -123,3 +123,37 @@ def test_an_unreadable_shard_is_refused_loudly_never_taken_as_empty(tmp_path: Pa
     assert len(scored) + len(refused) == len(later)
     with pytest.raises(ShardUnreadable, match="cannot be read"):
         after.score([e for e in later if e.shard_key == broken])
+
+
+def test_a_stale_owner_writes_nothing_once_a_newer_owner_claimed_its_partition(tmp_path: Path) -> None:
+    events = fleet_stream(pairs=6, per_pair=100, seed=3)
+    positions = partition_positions(events)
+    stale, fresh = service(tmp_path), service(tmp_path)
+    stale.claim(["raw/0", "raw/1"], "stale")
+    stale.score_new(events[:300], positions[:300])
+    assert stale.flush() > 0 and stale.take_fenced() == []
+
+    fresh.claim(["raw/0"], "fresh")  # a rebalance gave partition 0 to a new owner
+    before = {key: fresh.store.version(fresh.algorithm, key) for key in stale.partition_of}
+    stale.score_new(events[300:], positions[300:])
+    written = stale.flush()
+
+    fenced = stale.take_fenced()
+    on_0 = {key for key, src in stale.partition_of.items() if src == "raw/0"}
+    assert fenced and set(fenced) == on_0, "every shard of the claimed partition is refused, only those"
+    assert stale.lost == {"raw/0"}
+    assert written == len(stale.partition_of) - len(on_0)
+    after = {key: fresh.store.version(fresh.algorithm, key) for key in before}
+    assert all(after[key] == before[key] for key in on_0), "a refused write reached LanceDB"
+    assert all(after[key] > before[key] for key in before if key not in on_0)
+
+
+def test_claims_count_up_and_the_latest_claim_wins(tmp_path: Path) -> None:
+    from streams.store import ShardStore
+
+    store = ShardStore(str(tmp_path))
+    assert store.claim(["raw/0", "raw/1"], "a") == {"raw/0": 1, "raw/1": 1}
+    assert store.claim(["raw/1"], "b") == {"raw/1": 2}
+    assert store.holds({"raw/0": 1, "raw/1": 1}, "a") == {"raw/0"}
+    assert store.holds({"raw/1": 2}, "b") == {"raw/1"}
+    assert store.holds({"raw/1": 2}, "a") == set(), "the generation alone is not the claim: the owner must match"

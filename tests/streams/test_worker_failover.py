@@ -116,3 +116,53 @@ def test_sigkilled_worker_loses_nothing_and_scores_stay_exact(topics: Settings, 
     assert not mismatched, f"{len(mismatched)} of {n} scores differ from the offline engine"
     assert {r["model"] for r in rows} == {ScoringService(topics).engine.model}
     assert ScoringService(topics).algorithm == algorithm
+
+
+def test_a_stalled_worker_that_resumes_writes_nothing_and_scores_stay_exact(topics: Settings, tmp_path: Path) -> None:
+    """Issue 14, fencing: worker a is SIGSTOPped past its session timeout while b takes
+    over its partitions, then SIGCONTed with unflushed learning in memory. Its writes
+    must be refused (a newer owner claimed those partitions), it must rejoin and take
+    partitions back from what b stored, and every score must equal the offline engine's."""
+    topics = topics.model_copy(update={"engine": topics.engine.model_copy(update={"algorithm": "evidence"})})
+    events = fleet_stream(pairs=24, per_pair=1500, seed=7)
+    n = len(events)
+    url = f"http://{topics.sink.query_host}:{topics.sink.query_port}"
+    table = f"{topics.clickhouse.database}.{topics.clickhouse.table}"
+    logs = {name: tmp_path / f"worker-{name}.log" for name in ("a", "b")}
+
+    def stored() -> int:
+        return int(query_http(url, f"SELECT count() AS n FROM {table} FINAL", QUERY_TOKEN)[0]["n"])
+
+    def claims_logged(name: str) -> int:
+        return logs[name].read_text(errors="replace").count("claimed ")
+
+    with ruleless_process(topics, "sink", log=tmp_path / "sink.log"), ruleless_process(
+        worker_settings(topics, "a", tmp_path), "worker", log=logs["a"]
+    ) as a:
+        wait_until("worker a to own partitions", lambda: assignment(logs["a"]))
+        with ruleless_process(worker_settings(topics, "b", tmp_path), "worker", log=logs["b"]) as b:
+            wait_until("both workers to own partitions", lambda: assignment(logs["b"]) and assignment(logs["a"]) != {0, 1, 2, 3})
+            feeder = threading.Thread(target=produce_paced, args=(topics, events, 900.0), kwargs={"every": 100})
+            feeder.start()
+            wait_until("a quarter of the stream in ClickHouse", lambda: stored() >= n // 4, timeout=120)
+            a.send_signal(signal.SIGSTOP)
+            try:
+                wait_until("b to own every partition", lambda: assignment(logs["b"]) == {0, 1, 2, 3})
+                time.sleep(3)  # b loads a's shards, scores on and flushes (every 0.5 s)
+            finally:
+                a.send_signal(signal.SIGCONT)
+            resumed_claims = claims_logged("a")
+            wait_until("a to rejoin and claim partitions again", lambda: claims_logged("a") > resumed_claims and assignment(logs["a"]))
+            feeder.join()
+            wait_until("every event in ClickHouse", lambda: stored() >= n, timeout=180)
+            time.sleep(2)
+            rows = query_http(url, f"SELECT event_id, score FROM {table} FINAL", QUERY_TOKEN)
+            assert a.poll() is None and b.poll() is None, "a worker died"
+
+    assert len(rows) == n
+    expected = offline_scores(topics, events, tmp_path)
+    got = {r["event_id"]: float(r["score"]) for r in rows}
+    mismatched = {k for k in expected if got[k] != expected[k]}
+    assert not mismatched, f"{len(mismatched)} of {n} scores differ from the offline engine"
+    stale = logs["a"].read_text(errors="replace")
+    assert re.search(r"refused to write \d+ shards: partitions .* claimed by a newer owner", stale), stale[-3000:]
