@@ -33,6 +33,7 @@ import pyarrow as pa
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from ruleless import failpoints
 from ruleless.kafka import consumer as make_consumer
 from ruleless.kafka import ensure_topics
 from ruleless.kafka import producer as make_producer
@@ -144,6 +145,8 @@ class Sink:
         self._dead_failed: list[tuple[bytes | None, bytes]] = []
         # Set when a batch was given up at shutdown: nothing after it may be committed.
         self._gave_up = False
+        # A row the table holds, re-inserted (a no-op) to tell a refused row from a failing store.
+        self._probe: pa.Table | None = None
         self._last_summary = (time.monotonic(), 0.0, 0.0)
 
     @property
@@ -366,19 +369,34 @@ class Sink:
         log.info("batch of %d messages abandoned after a rebalance; it will be re-read", batch.messages)
 
     def _isolate(self, batch: Batch, table: pa.Table) -> bool:
-        """Insert a failing batch row by row and dead-letter the rows refused on their
-        own. False (nothing dead-lettered; retry the batch) when every row fails: then
-        the store, not the data, is at fault."""
+        """Insert a failing batch in halves, quarters… down to the rows refused on their
+        own, and dead-letter those. False (nothing dead-lettered; retry the batch) when the
+        store, not the data, is at fault: a row already in the table (its dedup token
+        makes it a no-op) fails too, before or right after a row is refused, or no row
+        goes in at all (issue 14: a store recovering mid-isolation had good rows
+        dead-lettered; 3,000 single-row chdb inserts took two minutes)."""
+        probe = self._probe
+        if probe is not None and not self._takes(probe):
+            return False
         refused: list[tuple[int, SinkWriteError]] = []
-        for i in range(table.num_rows):
-            row = rows_table([batch.rows[i]])  # (not a slice: dedup_token hashes whole buffers)
+        pending = [range(table.num_rows)]
+        while pending:
+            part = pending.pop()
+            rows = rows_table([batch.rows[i] for i in part])  # (not a slice: dedup_token hashes whole buffers)
             try:
-                self.backend.insert(row, dedup_token(row))
+                self._insert(rows, dedup_token(rows))
+                probe = probe or rows_table([batch.rows[part[0]]])
             except BackpressureError:
                 return False
             except SinkWriteError as exc:
-                refused.append((i, exc))
-        if len(refused) == table.num_rows:
+                if len(part) > 1:
+                    half = len(part) // 2
+                    pending += [part[half:], part[:half]]
+                elif probe is not None and not self._takes(probe):
+                    return False
+                else:
+                    refused.append((part[0], exc))
+        if probe is None:
             return False
         for i, exc in refused:
             row = json.dumps(dict(zip(INSERT_COLUMNS, batch.rows[i])), default=str).encode()
@@ -387,9 +405,22 @@ class Sink:
             raise SinkWriteError(f"dead-letter topic {self.settings.topics.dead_letter}: delivery not confirmed")
         self.metrics.dead_lettered.inc(len(refused))
         self.metrics.rows.inc(table.num_rows - len(refused))
-        log.error("%d of %d rows refused by the store after %d attempts, dead-lettered: %s",
-                  len(refused), table.num_rows, self.settings.sink.max_attempts, refused[0][1].message)
+        if refused:
+            log.error("%d of %d rows refused by the store after %d attempts, dead-lettered: %s",
+                      len(refused), table.num_rows, self.settings.sink.max_attempts, refused[0][1].message)
+        else:
+            log.info("batch of %d rows written in parts after %d failed attempts; no row refused on its own",
+                     table.num_rows, self.settings.sink.max_attempts)
         return True
+
+    def _takes(self, probe: pa.Table) -> bool:
+        """Whether the store takes a row it already holds (a no-op insert): if not, the
+        store is at fault, not the row just refused."""
+        try:
+            self._insert(probe, dedup_token(probe))
+            return True
+        except (SinkWriteError, BackpressureError):
+            return False
 
     def _write(self, batch: Batch, table: pa.Table, token: str | None) -> None:
         """Dead letters delivered, then rows inserted; raises on either failing."""
@@ -401,9 +432,15 @@ class Sink:
             raise SinkWriteError(f"dead-letter topic {self.settings.topics.dead_letter}: delivery not confirmed")
         if table.num_rows:
             started = time.perf_counter()
-            self.backend.insert(table, token)
+            self._insert(table, token)
             self.metrics.insert_seconds.observe(time.perf_counter() - started)
             self.metrics.rows.inc(table.num_rows)
+            self._probe = rows_table([batch.rows[-1]])
+
+    def _insert(self, table: pa.Table, token: str | None) -> None:
+        failpoints.hit("sink.insert", SinkWriteError)
+        self.backend.insert(table, token)
+        failpoints.hit("sink.inserted")  # (kill only: the rows are in, offsets not committed)
 
     def _commit(self, batch: Batch) -> None:
         assert self._consumer is not None

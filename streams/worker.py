@@ -42,6 +42,7 @@ import faust
 from confluent_kafka import KafkaError, KafkaException, Message
 from faust.types import EventT
 
+from ruleless import failpoints
 from ruleless.kafka import check_copartitioned, ensure_topics, topic_incarnation
 from ruleless.kafka import producer as make_producer
 from ruleless.metrics import WorkerMetrics, serve_metrics
@@ -204,6 +205,7 @@ class ScoringAgent:
             if out.severity != "ok":
                 self._produce(self.topics.alerts, key, value)
         self.producer.poll(0)
+        failpoints.hit("worker.published")  # (kill only: outputs in flight, learning not flushed)
         return scored, skipped
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:

@@ -24,9 +24,12 @@ QUERY_TOKEN = secrets.token_urlsafe(16)
 
 
 @contextmanager
-def ruleless_process(settings: Settings, *args: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`ruleless ARGS` with these settings; stopped with SIGTERM (SIGKILL if stuck)."""
-    env = {**os.environ, **child_env(settings)}
+def ruleless_process(
+    settings: Settings, *args: str, log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`ruleless ARGS` with these settings (and ``env`` on top); stopped with SIGTERM
+    (SIGKILL if stuck)."""
+    env = {**os.environ, **child_env(settings), **(env or {})}
     with open(log, "ab") as out:
         proc = subprocess.Popen([RULELESS, *args], env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
