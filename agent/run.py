@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from agent.procfs import ProcfsBackend
 from agent.publish import JsonLinesOutput, KafkaPublisher, Output
 from agent.spool import SpooledPublisher
 from ruleless.kafka import ensure_topics
+from ruleless.lifecycle import stop_on_signals
 from ruleless.settings import AgentSettings, Settings
 from schemas.errors import CaptureError, ConfigError, ServiceError
 
@@ -53,7 +53,7 @@ def run(
     requested = backend or agent.backend
     _check_backend_name(requested)
     with ExitStack() as stack:
-        stop = stack.enter_context(_stop_event(stop))
+        stop = stack.enter_context(stop_on_signals("agent", stop))
         capture = start_backend(agent, requested)
         stack.callback(capture.stop)
         sink = stack.enter_context(_open_output(settings, output))
@@ -278,28 +278,3 @@ def _describe_output(settings: Settings, output: str | None) -> str:
     if output is None:
         return f"kafka topic {settings.topics.raw} at {settings.kafka.bootstrap}"
     return "stdout" if output == "-" else output
-
-
-@contextmanager
-def _stop_event(stop: threading.Event | None) -> Iterator[threading.Event]:
-    """The caller's event, or a new one set by SIGTERM/SIGINT (main thread only)."""
-    if stop is not None:
-        yield stop
-        return
-    event = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield event
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def _handle(signum: int, frame: object) -> None:
-        log.info("agent: %s received, stopping", signal.Signals(signum).name)
-        event.set()
-
-    for sig in previous:
-        signal.signal(sig, _handle)
-    try:
-        yield event
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

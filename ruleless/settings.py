@@ -159,6 +159,9 @@ class SinkSettings(BaseModel):
     # rows the store refuses on their own are dead-lettered with the reason; when every
     # row fails alike the store is the problem and the batch keeps being retried.
     max_attempts: int = Field(5, ge=1)
+    # A failed write is retried after retry_min_s, doubling up to retry_max_s.
+    retry_min_s: float = Field(0.2, gt=0)
+    retry_max_s: float = Field(10.0, gt=0)
     metrics_port: int = 9465
     # Read-only SQL endpoint served by the sink, the process that owns an embedded store.
     # Every request needs this bearer token; unset, the sink makes one at start and writes

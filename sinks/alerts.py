@@ -17,18 +17,17 @@ re-reads that span (and may repeat its ``new`` notifications, same ids).
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from types import FrameType
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from ruleless.kafka import consumer as make_consumer
+from ruleless.lifecycle import backoff, stop_on_signals
 from ruleless.kafka import ensure_topics
 from ruleless.kafka import producer as make_producer
 from ruleless.settings import Settings
@@ -40,7 +39,6 @@ from sinks.webhook import StreamTarget, Target, WebhookTarget
 log = logging.getLogger(__name__)
 
 SHUTDOWN_ATTEMPTS = 3
-BACKPRESSURE_MIN_S = 2.0
 
 
 class AlertMetrics:
@@ -184,7 +182,7 @@ class AlertForwarder:
                     log.error("giving up on notification %s at shutdown: %s; not committed, it is re-read on restart",
                               out.notification.id, exc.message)
                     return False
-                delay = self._backoff(attempt, kind == "backpressure")
+                delay = backoff(attempt, self.settings.alerts.retry_min_s, self.settings.alerts.retry_max_s, kind == "backpressure")
                 log.warning("notification %s not delivered (attempt %d): %s; retrying in %.1fs",
                             out.notification.id, attempt, exc.message, delay)
                 self._idle(delay)
@@ -193,11 +191,6 @@ class AlertForwarder:
             if attempt:
                 log.info("notification %s delivered after %d failed attempts", out.notification.id, attempt)
             return True
-
-    def _backoff(self, attempt: int, backpressure: bool) -> float:
-        a = self.settings.alerts
-        delay = min(a.retry_max_s, a.retry_min_s * 2 ** (attempt - 1))
-        return max(delay, BACKPRESSURE_MIN_S) if backpressure else delay
 
     def _idle(self, seconds: float) -> None:
         """Wait with the partitions paused, still polling so the group keeps us."""
@@ -253,14 +246,8 @@ def run(settings: Settings, webhook: str | None = None) -> None:
     forwarder = AlertForwarder(settings, target)
     if settings.alerts.metrics_port:
         start_http_server(settings.alerts.metrics_port, addr=settings.metrics_host, registry=forwarder.metrics.registry)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    forwarder.run(stop)
+    with stop_on_signals("alerts") as stop:
+        forwarder.run(stop)
     log.info("alerts stopped: %d alerts read, %d notifications delivered",
              forwarder.metrics.value("ruleless_alerts_consumed_total"),
              sum(forwarder.metrics.value("ruleless_alerts_notifications_total", kind=k) for k in ("new", "repeat", "digest")))

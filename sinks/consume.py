@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import Any
 
 import pyarrow as pa
@@ -34,6 +32,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from ruleless import failpoints
+from ruleless.lifecycle import backoff, stop_on_signals
 from ruleless.kafka import consumer as make_consumer
 from ruleless.kafka import ensure_topics
 from ruleless.kafka import producer as make_producer
@@ -47,9 +46,6 @@ log = logging.getLogger(__name__)
 
 # Retry delays for a failed write: doubling from MIN to MAX; at least BACKPRESSURE_MIN
 # when the store says it is overloaded.
-RETRY_MIN_S = 0.2
-RETRY_MAX_S = 10.0
-BACKPRESSURE_MIN_S = 2.0
 # After stop, a failing write gets this many more attempts before the sink gives up
 # (without committing: the batch is read again on the next start).
 SHUTDOWN_ATTEMPTS = 3
@@ -354,7 +350,7 @@ class Sink:
                         "it will be read again on the next start", batch.messages, exc.message,
                     )
                     return
-                delay = _backoff(attempt, kind == "backpressure")
+                delay = backoff(attempt, self.settings.sink.retry_min_s, self.settings.sink.retry_max_s, kind == "backpressure")
                 log.warning(
                     "batch of %d rows not written (attempt %d, %s): %s; retrying in %.1fs, offsets not committed",
                     table.num_rows, attempt, kind, exc.message, delay,
@@ -488,11 +484,6 @@ class Sink:
         self._last_summary = (now, rows, dead)
 
 
-def _backoff(attempt: int, backpressure: bool) -> float:
-    delay = min(RETRY_MAX_S, RETRY_MIN_S * 2 ** (attempt - 1))
-    return max(delay, BACKPRESSURE_MIN_S) if backpressure else delay
-
-
 def _names(partitions: list[TopicPartition]) -> str:
     return ", ".join(f"{tp.topic}[{tp.partition}]" + (f"@{tp.offset}" if tp.offset >= 0 else "") for tp in partitions)
 
@@ -503,21 +494,8 @@ def run(settings: Settings, stop: threading.Event | None = None, ready: threadin
 
     Sets ``ready`` once the table exists and the consumer is subscribed.
     """
-    stop = stop or _stop_on_signals()
-    Sink(settings).run(stop, ready)
-
-
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-
-        def handle(signum: int, _frame: FrameType | None) -> None:
-            log.info("%s: stopping after the current batch", signal.Signals(signum).name)
-            stop.set()
-
-        signal.signal(signal.SIGINT, handle)
-        signal.signal(signal.SIGTERM, handle)
-    return stop
+    with stop_on_signals("sink (stopping after the current batch)", stop) as event:
+        Sink(settings).run(event, ready)
 
 
 if __name__ == "__main__":
