@@ -74,6 +74,8 @@ class EmbeddedBroker:
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            # ruleless's own settings (and secrets) are nothing the broker needs to see.
+            env={k: v for k, v in os.environ.items() if not k.startswith("RULELESS_")},
             preexec_fn=die_with_parent,  # never outlives its owner
         )
         if out is not subprocess.DEVNULL:

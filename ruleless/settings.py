@@ -10,6 +10,7 @@ Nothing here reads the environment at import time: call :func:`load_settings`.
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    JsonConfigSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -275,7 +277,11 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings]
+        handed = os.environ.get(SETTINGS_FILE_ENV)
+        if handed:  # a child of ruleless: exactly its parent's settings (child_env)
+            sources.append(JsonConfigSettingsSource(settings_cls, json_file=Path(handed)))
+        sources.append(env_settings)
         if _CONFIG_FILE is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=_CONFIG_FILE))
         return tuple(sources)
@@ -326,16 +332,32 @@ def _drop_none(value: dict[str, Any]) -> dict[str, Any]:
     return cleaned
 
 
-def child_env(settings: Settings) -> dict[str, str]:
-    """``RULELESS_*`` variables that make a child process load exactly these settings.
+# A child process started by ruleless reads its settings from this file (see child_env).
+SETTINGS_FILE_ENV = "RULELESS_SETTINGS_FILE"
 
-    Secrets are passed through (the child needs them) but never printed by the parent.
-    """
-    env: dict[str, str] = {}
-    for name, value in settings.model_dump(mode="python").items():
-        value = _reveal(value)
-        env[f"RULELESS_{name.upper()}"] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
-    return env
+
+def child_env(settings: Settings, directory: str | Path | None = None) -> dict[str, str]:
+    """The environment that makes a child process load exactly these settings: one
+    variable naming a settings file (0600, in ``directory``, default DATA_DIR/run),
+    never the settings themselves — secrets in a process's environment are readable
+    by every process of that user (/proc/PID/environ) and end up in crash reports."""
+    folder = Path(directory) if directory is not None else Path(settings.data_dir) / "run"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = folder / "settings.json"
+    body = json.dumps(_reveal(settings.model_dump(mode="python")), default=str).encode()
+    tmp = folder / f".settings.json.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(body)
+    os.replace(tmp, path)  # (a child starting meanwhile never reads half a file)
+    return {SETTINGS_FILE_ENV: str(path.resolve())}
+
+
+def child_environ(settings: Settings, directory: str | Path | None = None) -> dict[str, str]:
+    """This process's environment for a child: every ``RULELESS_*`` variable replaced by
+    the settings file of :func:`child_env` (the file holds what they said)."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("RULELESS_")}
+    return {**inherited, **child_env(settings, directory)}
 
 
 def _reveal(value: Any) -> Any:

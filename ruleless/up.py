@@ -8,7 +8,6 @@ as its own process, all on loopback. Prints where to look. Supervises them (see
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from rich.console import Console
 
 from ruleless.broker import EmbeddedBroker, free_port
 from ruleless.kafka import ensure_topics
-from ruleless.settings import Settings, child_env
+from ruleless.settings import Settings, child_environ
 from ruleless.supervise import Restarts, die_with_parent, stop_all
 
 console = Console(stderr=True, highlight=False)
@@ -66,7 +65,7 @@ def run(settings: Settings, kafka: str | None = None, clickhouse: str | None = N
             broker = _start_broker(settings, logs)
             console.print(f"[green]✓[/] broker     embedded tansu on {broker.bootstrap} (memory storage)")
         ensure_topics(settings.kafka, settings.topics)
-        env = {**os.environ, **child_env(settings)}
+        env = child_environ(settings)
         for name in ("sink", "worker", "agent"):
             children.append(_spawn(name, env, logs))
             console.print(f"[green]✓[/] {name:<10} pid {children[-1].proc.pid}, log {children[-1].log}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import signal
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 from confluent_kafka import Consumer
 
 from ruleless.kafka import consumer, producer
-from ruleless.settings import Settings, child_env
+from ruleless.settings import Settings, child_environ
 from schemas.events import RawEvent, encode
 
 RULELESS = str(Path(sys.executable).parent / "ruleless")
@@ -29,7 +28,7 @@ def ruleless_process(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """`ruleless ARGS` with these settings (and ``env`` on top); stopped with SIGTERM
     (SIGKILL if stuck)."""
-    env = {**os.environ, **child_env(settings), **(env or {})}
+    env = {**child_environ(settings), **(env or {})}
     with open(log, "ab") as out:
         proc = subprocess.Popen([RULELESS, *args], env=env, stdout=out, stderr=subprocess.STDOUT)
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ruleless.kafka import producer
-from ruleless.settings import Settings, child_env
+from ruleless.settings import Settings, child_environ
 from schemas.events import RawEvent, encode
 from tests.factories import T0, event, workload_stream
 from tests.processes import RULELESS, ruleless_process
@@ -40,7 +39,7 @@ def test_benign_feedback_quiets_later_runs_of_the_behaviour(topics: Settings, tm
         [row] = poll_sql(url, f"SELECT score FROM {table} FINAL WHERE event_id = '{first.event_id}'", bool)
         done = subprocess.run(
             [RULELESS, "feedback", first.event_id or "", "benign", "--url", url, "--note", "renewal job"],
-            env={**os.environ, **child_env(topics)}, capture_output=True, timeout=60,
+            env=child_environ(topics), capture_output=True, timeout=60,
         )
         assert done.returncode == 0, done.stderr
         # Verdicts and raw events are separate topics: give the worker a moment to apply

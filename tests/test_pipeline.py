@@ -78,17 +78,27 @@ def up_env(query_port: int, org: str) -> dict[str, str]:
 def test_ruleless_up_scores_this_hosts_own_processes(tmp_path: Path) -> None:
     """`ruleless up` as a user runs it (own embedded broker), then this host execs a process."""
     query_port = free_port()
-    env = up_env(query_port, "selftest")
+    # Issue 15: every secret configured, each a distinctive value to look for afterwards.
+    secrets = {name: f"s3cr3t-{name}-{os.urandom(6).hex()}" for name in ("token", "sasl", "ch", "hook", "hooktoken")}
+    env = {
+        **up_env(query_port, "selftest"),
+        "RULELESS_SINK__QUERY_TOKEN": secrets["token"],
+        "RULELESS_KAFKA__SASL_PASSWORD": secrets["sasl"],
+        "RULELESS_CLICKHOUSE__PASSWORD": secrets["ch"],
+        "RULELESS_ALERTS__WEBHOOK": f"https://hooks.example.invalid/services/{secrets['hook']}",
+        "RULELESS_ALERTS__WEBHOOK_TOKEN": secrets["hooktoken"],
+    }
     marker = f"{time.time() % 1000:.3f}"
     up = subprocess.Popen(
         [RULELESS, "up", "--data-dir", str(tmp_path / "data")],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
+    environs: dict[str, bytes] = {}
     try:
         url = f"http://127.0.0.1:{query_port}"
-        # The sink of `ruleless up` makes its own token, readable by this user only.
-        token = lambda: read_token(None, str(tmp_path / "data"))  # noqa: E731
+        token = lambda: secrets["token"]  # noqa: E731
         poll_sql(url, "SELECT 1 AS ok", lambda r: bool(r), timeout=120, token=token)
+        environs = {role: Path(f"/proc/{pid}/environ").read_bytes() for role, pid in _children(up.pid).items()}
         time.sleep(5)  # let the worker join its group before the process we look for runs
         child = subprocess.Popen(["sleep", marker])
         rows = poll_sql(
@@ -117,6 +127,14 @@ def test_ruleless_up_scores_this_hosts_own_processes(tmp_path: Path) -> None:
     # Everything it wrote (shards, ClickHouse, spool, logs, the query token) is owner-only.
     shared = [str(p) for p in (tmp_path / "data").rglob("*") if p.stat().st_mode & 0o077]
     assert not shared, f"readable by others: {shared[:10]}"
+    # Secrets reach the parts through an owner-only settings file, never their
+    # environment, and no log of the run holds one.
+    assert set(environs) == {"broker", "sink", "worker", "agent"}, environs.keys()
+    logs = {"up's output": text, **{str(p): p.read_text(errors="replace") for p in (tmp_path / "data").rglob("*.log")}}
+    assert len(logs) >= 4, logs.keys()
+    for name, value in secrets.items():
+        assert not [role for role, env in environs.items() if value.encode() in env], f"{name} in a child's environment"
+        assert not [where for where, body in logs.items() if value in body], f"{name} in a log"
 
 
 def _children(pid: int) -> dict[str, int]:

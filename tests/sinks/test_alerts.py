@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import signal
 import string
@@ -23,7 +22,7 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from ruleless.kafka import consumer, producer
-from ruleless.settings import AlertRoute, Settings, child_env
+from ruleless.settings import AlertRoute, Settings, child_environ
 from schemas.events import AlertNotification, ScoredEvent, decode_notification, decode_scored, encode
 from sinks.alerts import AlertForwarder
 from sinks.webhook import StreamTarget, Target, WebhookTarget
@@ -190,7 +189,7 @@ def test_a_500_host_burst_is_one_post_with_count_500(topics: Settings) -> None:
 def test_ruleless_alerts_prints_notifications_and_stops_on_sigterm(topics: Settings) -> None:
     settings = fast(topics, group_wait_s=0.2)
     publish(settings, [alert(i, f"h{i}", f"/opt/{name}/run") for i, name in enumerate(("x", "y", "z"))])
-    env = {**os.environ, **child_env(settings)}
+    env = child_environ(settings)
     proc = subprocess.Popen([RULELESS, "alerts"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
