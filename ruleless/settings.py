@@ -253,6 +253,9 @@ class Settings(BaseSettings):
     # Where every process serves /metrics (counts only, never command lines); loopback
     # unless configured.
     metrics_host: str = "127.0.0.1"
+    # Started as root, `ruleless up` runs the sink and worker as this user (the agent
+    # stays root to capture); "" keeps them root. See ruleless/privileges.py.
+    run_as: str = "nobody"
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)

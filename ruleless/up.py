@@ -14,16 +14,21 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from ruleless.broker import EmbeddedBroker, free_port
 from ruleless.kafka import ensure_topics
+from ruleless.privileges import Account, hand_over, service_account
 from ruleless.settings import Settings, child_environ
 from ruleless.supervise import Restarts, die_with_parent, stop_all
 
 console = Console(stderr=True, highlight=False)
 
+
+# The parts that run as `run_as` when `ruleless up` is root (the agent needs root).
+UNPRIVILEGED = frozenset({"sink", "worker"})
 
 # Stopping takes at most this long (then SIGKILL), whatever state the parts are in.
 STOP_TIMEOUT_S = 8.0
@@ -66,8 +71,12 @@ def run(settings: Settings, kafka: str | None = None, clickhouse: str | None = N
             console.print(f"[green]✓[/] broker     embedded tansu on {broker.bootstrap} (memory storage)")
         ensure_topics(settings.kafka, settings.topics)
         env = child_environ(settings)
+        account, why = service_account(settings.run_as, data)
+        if account is not None:
+            hand_over(data, account)
+        console.print(f"[green]✓[/] privileges {why}" if account else f"[yellow]![/] privileges {why}")
         for name in ("sink", "worker", "agent"):
-            children.append(_spawn(name, env, logs))
+            children.append(_spawn(name, env, logs, account if name in UNPRIVILEGED else None))
             console.print(f"[green]✓[/] {name:<10} pid {children[-1].proc.pid}, log {children[-1].log}")
         _print_where_to_look(settings, logs)
         broker_due: float | None = None  # when a dead broker is started again
@@ -93,7 +102,7 @@ def run(settings: Settings, kafka: str | None = None, clickhouse: str | None = N
                     console.print(f"[yellow]↻[/] {child.name} exited with {child.proc.returncode}; starting it again in {delay:.0f}s (see {child.log})")
                     child.due = now + delay
                 elif child.due is not None and now >= child.due:
-                    child.proc, child.due = _spawn(child.name, env, logs).proc, None
+                    child.proc, child.due = _spawn(child.name, env, logs, account if child.name in UNPRIVILEGED else None).proc, None
                     console.print(f"[green]✓[/] {child.name:<10} pid {child.proc.pid} (restarted)")
             time.sleep(0.5)
         return 0
@@ -128,14 +137,20 @@ def _port_of(bootstrap: str) -> int:
     return port if port else free_port()
 
 
-def _spawn(name: str, env: dict[str, str], logs: Path) -> Child:
+def _spawn(name: str, env: dict[str, str], logs: Path, account: Account | None = None) -> Child:
     log = logs / f"{name}.log"
     exe = str(Path(sys.executable).parent / "ruleless")
+    options: dict[str, Any] = {}
+    if account is not None:
+        options = account.popen_options()
+        env = {**env, "HOME": str(logs.parent)}
     with open(log, "ab") as out:
         # Own session: a Ctrl-C on the terminal reaches `ruleless up` alone, which stops
-        # the parts in order; die_with_parent: they never outlive it.
+        # the parts in order; die_with_parent: they never outlive it (Popen changes the
+        # user before preexec_fn runs, which matters: a credential change clears it).
         proc = subprocess.Popen(
-            [exe, name], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent
+            [exe, name], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=die_with_parent, **options,
         )
     return Child(name, proc, log)
 
