@@ -12,9 +12,11 @@ import sys
 from typing import IO, Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message
+from pydantic import SecretStr
 
 from ruleless.kafka import producer
 from ruleless.settings import KafkaSettings
+from ruleless.tenancy import sign_headers
 from schemas.events import RawEvent, encode
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,9 @@ class KafkaPublisher:
     librdkafka settings.
     """
 
-    def __init__(self, kafka: KafkaSettings, topic: str, **producer_config: Any) -> None:
+    def __init__(self, kafka: KafkaSettings, topic: str, signing_key: SecretStr | None = None, **producer_config: Any) -> None:
         self.topic = topic
+        self.signing_key = signing_key
         self.delivered = 0
         self.failed = 0
         self._producer = producer(kafka, **producer_config)
@@ -62,7 +65,8 @@ class KafkaPublisher:
         value = encode(event)
         while True:
             try:
-                self._producer.produce(self.topic, value=value, key=key, on_delivery=self._on_delivery)
+                self._producer.produce(self.topic, value=value, key=key, headers=sign_headers(self.signing_key, value),
+                                       on_delivery=self._on_delivery)
                 break
             except BufferError:
                 # Local queue full (broker slow or down): serve callbacks to make room.

@@ -248,7 +248,7 @@ def _open_output(settings: Settings, output: str | None) -> Iterator[Output]:
         sink = _spooled_publisher(settings)
     else:
         ensure_topics(settings.kafka, settings.topics, names=[settings.topics.raw])
-        sink = KafkaPublisher(settings.kafka, settings.topics.raw)
+        sink = KafkaPublisher(settings.kafka, settings.topics.raw, signing_key=settings.agent.signing_key)
     try:
         yield sink
     finally:
@@ -270,7 +270,7 @@ def _spooled_publisher(settings: Settings) -> SpooledPublisher:
     spool_dir = Path(agent.spool_dir or Path(settings.data_dir) / "agent-spool")
     return SpooledPublisher(
         settings.kafka, topics.raw, spool_dir, max_bytes=agent.spool_max_mib << 20,
-        delivery_timeout_s=agent.delivery_timeout_s, on_reconnect=create_topic,
+        delivery_timeout_s=agent.delivery_timeout_s, on_reconnect=create_topic, signing_key=agent.signing_key,
     )  # fmt: skip
 
 

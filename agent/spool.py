@@ -46,9 +46,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from pydantic import SecretStr
 
 from ruleless.kafka import producer as make_producer
 from ruleless.settings import KafkaSettings
+from ruleless.tenancy import sign_headers
 from schemas.errors import ServiceError
 from schemas.events import RawEvent, encode
 
@@ -281,9 +283,11 @@ class SpooledPublisher:
         on_reconnect: Callable[[], None] | None = None,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         close_timeout_s: float = 30.0,
+        signing_key: SecretStr | None = None,
         **producer_config: Any,
     ) -> None:
         self.topic = topic
+        self.signing_key = signing_key
         self.delivered = 0
         self.failed = 0
         self.spool = Spool(spool_dir, max_bytes, segment_bytes)
@@ -414,7 +418,8 @@ class SpooledPublisher:
         for index, entry in enumerate(entries):
             while True:
                 try:
-                    producer.produce(self.topic, value=entry.value, key=entry.key, on_delivery=callback(index))
+                    producer.produce(self.topic, value=entry.value, key=entry.key,
+                                     headers=sign_headers(self.signing_key, entry.value), on_delivery=callback(index))
                     break
                 except BufferError:
                     producer.poll(0.1)

@@ -14,6 +14,7 @@ import msgspec
 
 from ruleless.kafka import ensure_topics, producer
 from ruleless.settings import Settings
+from ruleless.tenancy import sign_headers
 from schemas.errors import ConfigError, QueryError
 from schemas.events import Feedback, RawEvent, encode
 
@@ -42,7 +43,9 @@ def send_feedback(settings: Settings, url: str, event_id: str, label: str, note:
     verdict = Feedback(event=event, label=label, ts=time.time(), analyst=getpass.getuser(), note=note)  # type: ignore[arg-type]
     ensure_topics(settings.kafka, settings.topics, [settings.topics.feedback])
     prod = producer(settings.kafka)
-    prod.produce(settings.topics.feedback, key=event.shard_key.encode(), value=encode(verdict))
+    value = encode(verdict)
+    prod.produce(settings.topics.feedback, key=event.shard_key.encode(), value=value,
+                 headers=sign_headers(settings.tenancy.analyst_key, value))
     if prod.flush(30):
         from schemas.errors import ServiceError
 

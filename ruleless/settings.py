@@ -209,6 +209,19 @@ class AlertSettings(BaseModel):
         return self.routes.get(shard_key, self.default)
 
 
+class TenancySettings(BaseModel):
+    """Which org a message may speak for (ruleless/tenancy.py)."""
+
+    # Worker: accept raw events and verdicts only when signed by their org's key.
+    signed: bool = False
+    # Worker: org -> the key that org's agents sign raw events with.
+    agent_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    # Worker: org -> the key that org's analysts sign verdicts with.
+    analyst_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    # `ruleless feedback`: the key this analyst signs verdicts with.
+    analyst_key: SecretStr | None = None
+
+
 class AgentSettings(BaseModel):
     org_id: str = "local"
     workload: str = "default"
@@ -216,6 +229,9 @@ class AgentSettings(BaseModel):
     backend: Literal["auto", "ebpf", "netlink", "proc"] = "auto"
     poll_interval_s: float = Field(0.5, gt=0)
     metrics_port: int = 9466
+    # The key of this agent's org (tenancy.agent_keys on the worker): every event is
+    # published with its HMAC in the ruleless-sig header.
+    signing_key: SecretStr | None = None
     # Where each process's workload comes from (agent/workload.py): "config" = the
     # workload above for every process; "systemd" = its service unit; "container" = its
     # container. Processes outside a unit/container keep the workload above.
@@ -267,6 +283,7 @@ class Settings(BaseSettings):
     sink: SinkSettings = Field(default_factory=SinkSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    tenancy: TenancySettings = Field(default_factory=TenancySettings)
 
     # Set by load_settings; not a field a user configures.
     _config_file: Path | None = None

@@ -41,6 +41,10 @@ class DecodeError(RulelessError):
     """A message is not a valid event (not JSON, wrong types, unsafe names...)."""
 
 
+class Unauthenticated(DecodeError):
+    """A message whose signature does not prove the org it names (ruleless/tenancy.py)."""
+
+
 class SinkWriteError(RulelessError):
     """A batch could not be written to the sink's store."""
 

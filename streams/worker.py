@@ -47,6 +47,7 @@ from ruleless.kafka import check_copartitioned, ensure_topics, topic_incarnation
 from ruleless.kafka import producer as make_producer
 from ruleless.metrics import WorkerMetrics, serve_metrics
 from ruleless.settings import Settings
+from ruleless.tenancy import verify
 from schemas.errors import DecodeError, ServiceError, ShardUnreadable
 from schemas.events import DeadLetter, RawEvent, ScoredEvent, dead_letter, decode, decode_feedback, encode
 from streams import faust_transport
@@ -255,10 +256,13 @@ class ScoringAgent:
         good: list[tuple[RawEvent, EventT]] = []
         bad: list[tuple[EventT, DeadLetter]] = []
         horizon = time.time() + self.settings.engine.max_future_skew_s
+        tenancy = self.settings.tenancy
         for ev in events:
             raw = ev.value if isinstance(ev.value, bytes) else bytes(ev.value or b"")
             try:
                 event = decode(raw)
+                if tenancy.signed:
+                    verify(tenancy.agent_keys, event.org_id, raw, ev.message.headers, "raw event")
                 if event.ts > horizon:
                     raise DecodeError(f"ts {event.ts} is further in the future than max_future_skew_s")
                 good.append((event, ev))
@@ -273,6 +277,8 @@ class ScoringAgent:
             raw = ev.value if isinstance(ev.value, bytes) else bytes(ev.value or b"")
             try:
                 fb = decode_feedback(raw)
+                if self.settings.tenancy.signed:
+                    verify(self.settings.tenancy.analyst_keys, fb.event.org_id, raw, ev.message.headers, "feedback")
                 await self._engine(self.service.feedback, fb.event, fb.label, f"{self.topics.raw}/{ev.message.partition}")
             except (DecodeError, ShardUnreadable) as exc:
                 msg = ev.message
