@@ -178,7 +178,7 @@ class ProcfsBackend:
         self._max_cmdline = max_cmdline_bytes
         self._clk_tck = os.sysconf("SC_CLK_TCK")
         self._boot_time = 0.0
-        self._seen: set[tuple[int, int]] = set()
+        self._seen: set[tuple[int, int, str]] = set()
         self._pending: list[RawEvent] = []
         self._started = False
         self._workloads = WorkloadResolver(agent)
@@ -256,7 +256,7 @@ class ProcfsBackend:
         fresh = [
             stat
             for stat in table.values()
-            if (stat.pid, stat.start_ticks) not in self._seen and not stat.is_kernel_thread
+            if (stat.pid, stat.start_ticks, stat.comm) not in self._seen and not stat.is_kernel_thread
         ]
         fresh.sort(key=lambda s: (s.start_ticks, s.pid))
         events = []
@@ -328,8 +328,11 @@ class ProcfsBackend:
 
 
 
-def _identities(table: dict[int, ProcStat]) -> list[tuple[int, int]]:
-    return [(stat.pid, stat.start_ticks) for stat in table.values()]
+def _identities(table: dict[int, ProcStat]) -> list[tuple[int, int, str]]:
+    """A process image: pid and start time, and comm — a child seen between its fork and
+    its exec still shows its parent's image; once it has exec'd, comm changed and the
+    new image is reported too."""
+    return [(stat.pid, stat.start_ticks, stat.comm) for stat in table.values()]
 
 
 def _read_bytes(path: str | Path, limit: int = 1 << 20) -> bytes | None:

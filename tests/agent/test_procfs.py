@@ -7,6 +7,7 @@ import pwd
 import shutil
 import subprocess
 import threading
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,6 +148,25 @@ def test_seen_process_is_not_reported_again() -> None:
         children_of(proc.pid)
         assert proc.pid in by_pid(backend.poll())
         assert proc.pid not in by_pid(backend.poll())
+        assert proc.pid not in by_pid(backend.poll())
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_process_seen_before_its_exec_is_reported_again_after_it() -> None:
+    """A poll can land between a fork and its exec: the child still shows its parent's
+    image. Once it exec'd (comm changed), the new image is reported too."""
+    backend = started_backend()
+    # The child sleeps as python, then execs `sleep`: the same pid and start time, a new image.
+    proc = subprocess.Popen([sys.executable, "-c", "import os, time; time.sleep(0.6); os.execvp('sleep', ['sleep', '30'])"])
+    try:
+        time.sleep(0.3)
+        before = by_pid(backend.poll()).get(proc.pid)
+        time.sleep(0.8)
+        after = by_pid(backend.poll()).get(proc.pid)
+        assert before is not None and before.process_name.startswith("python")
+        assert after is not None and after.argv == ["sleep", "30"]
         assert proc.pid not in by_pid(backend.poll())
     finally:
         proc.kill()

@@ -111,7 +111,8 @@ def test_run_publishes_to_kafka_and_serves_metrics(topics: Settings) -> None:
                     msg = reader.poll(0.5)
                     if msg is not None and not msg.error():
                         event = decode(msg.value() or b"")
-                        if event.pid == proc.pid:
+                        # (a poll between the fork and the exec sees the test's own image first)
+                        if event.pid == proc.pid and event.argv == ARGV:
                             found.append((msg.key() or b"", event))
             text = metrics_text(port) or ""
     finally:
