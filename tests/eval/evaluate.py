@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.eval.attacks_team import team_attacks
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 DATA_DIR = HERE / "data"
@@ -378,23 +380,28 @@ def metrics(wl: Workload, s: Scored) -> dict:
     normal = s.normal[test]
     attacks = s.injected.get("attack", [])
     held = s.injected.get("attack_held_out", [])
+    team = s.injected.get("attack_team", [])
     benign = s.injected.get("benign", [])
     t = threshold_at(normal)
     return {
         "normal_events_test": int(test.sum()),
         "attacks": len(attacks),
         "held_out_attacks": len(held),
+        "team_attacks": len(team),
         "benign_new": len(benign),
         "roc_auc": roc_auc(attacks, normal),
         "held_out_roc_auc": roc_auc(held, normal) if held else float("nan"),
+        "team_roc_auc": roc_auc(team, normal) if team else float("nan"),
         "threshold": t,
         "normal_alert_rate": rate_at(normal, t),
         "recall": rate_at(attacks, t),
         "held_out_recall": rate_at(held, t) if held else float("nan"),
+        "team_recall": rate_at(team, t) if team else float("nan"),
         "benign_new_alert_rate": rate_at(benign, t),
         "events_per_s": s.events / s.seconds if s.seconds else float("nan"),
         "engine_alert_rate": s.engine_alert,
         "recall_by_technique": _by_label(s.injected_labels.get("attack", []), attacks, t),
+        "team_recall_by_technique": _by_label(s.injected_labels.get("attack_team", []), team, t),
     }
 
 
@@ -410,6 +417,7 @@ def overall(per_workload: dict[str, dict]) -> dict:
     rows = list(per_workload.values())
     out: dict[str, dict] = {"mean": {}, "worst": {}}
     for name, worst in (("roc_auc", min), ("recall", min), ("held_out_roc_auc", min), ("held_out_recall", min),
+                        ("team_roc_auc", min), ("team_recall", min),
                         ("benign_new_alert_rate", max), ("normal_alert_rate", max), ("events_per_s", min)):  # fmt: skip
         if not all(name in r for r in rows):
             continue
@@ -430,9 +438,9 @@ def print_table(results: dict, algorithms: list[str]) -> None:
         caption=f"test days = after the first {WARMUP_FRACTION:.0%} of each workload's days; threshold = lowest score "
         f"at which ≤ {TARGET_NORMAL_ALERT_RATE:.1%} of normal test events alert",
     )  # fmt: skip
-    for name, justify in (("workload", "left"), ("algorithm", "left"), ("normal/tuned/held-out/benign-new", "right"),
-                          ("ROC-AUC tuned", "right"), ("held-out", "right"), ("threshold", "right"),
-                          ("recall tuned", "right"), ("held-out", "right"),
+    for name, justify in (("workload", "left"), ("algorithm", "left"), ("normal/tuned/held-out/team/benign-new", "right"),
+                          ("ROC-AUC tuned", "right"), ("held-out", "right"), ("team", "right"), ("threshold", "right"),
+                          ("recall tuned", "right"), ("held-out", "right"), ("team", "right"),
                           ("benign-new alerts", "right"), ("normal alerts", "right"), ("events/s", "right")):  # fmt: skip
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for wl, info in results["workloads"].items():
@@ -440,10 +448,11 @@ def print_table(results: dict, algorithms: list[str]) -> None:
             m = info["algorithms"][alg]
             table.add_row(
                 wl if i == 0 else "", alg,
-                f"{m['normal_events_test']:,}/{m['attacks']}/{m.get('held_out_attacks', 0)}/{m['benign_new']}" if i == 0 else "",
+                f"{m['normal_events_test']:,}/{m['attacks']}/{m.get('held_out_attacks', 0)}/{m.get('team_attacks', 0)}/{m['benign_new']}" if i == 0 else "",
                 _fmt(m["roc_auc"], "{:.3f}"), _fmt(m.get("held_out_roc_auc", float("nan")), "{:.3f}"),
+                _fmt(m.get("team_roc_auc", float("nan")), "{:.3f}"),
                 ">1" if m["threshold"] > 1 else _fmt(m["threshold"], "{:.3f}"), _fmt(m["recall"], "{:.1%}"),
-                _fmt(m.get("held_out_recall", float("nan")), "{:.1%}"),
+                _fmt(m.get("held_out_recall", float("nan")), "{:.1%}"), _fmt(m.get("team_recall", float("nan")), "{:.1%}"),
                 _fmt(m["benign_new_alert_rate"], "{:.1%}"), _fmt(m["normal_alert_rate"], "{:.2%}"),
                 _fmt(m["events_per_s"], "{:,.0f}"), end_section=i == len(algorithms) - 1,
             )  # fmt: skip
@@ -452,8 +461,9 @@ def print_table(results: dict, algorithms: list[str]) -> None:
             o = results["overall"][alg][agg]
             table.add_row(
                 f"[bold]{agg}[/bold]" if i == 0 else "", alg, "", _fmt(o["roc_auc"], "{:.3f}"),
-                _fmt(o.get("held_out_roc_auc", float("nan")), "{:.3f}"), "",
+                _fmt(o.get("held_out_roc_auc", float("nan")), "{:.3f}"), _fmt(o.get("team_roc_auc", float("nan")), "{:.3f}"), "",
                 _fmt(o["recall"], "{:.1%}"), _fmt(o.get("held_out_recall", float("nan")), "{:.1%}"),
+                _fmt(o.get("team_recall", float("nan")), "{:.1%}"),
                 _fmt(o["benign_new_alert_rate"], "{:.1%}"),
                 _fmt(o["normal_alert_rate"], "{:.2%}"), _fmt(o["events_per_s"], "{:,.0f}"),
                 end_section=i == len(algorithms) - 1,
@@ -505,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     attack_sets = sample_disjoint(attacks, wl_names, None if args.all else args.attacks, rng)
     held_out_sets = sample_disjoint(held_out, wl_names, None if args.all else args.attacks, rng)
+    team_sets = sample_disjoint(team_attacks(), wl_names, None if args.all else args.attacks, rng)
     benign_sets = sample_disjoint(benign, wl_names, None if args.all else args.benign, rng)
 
     results: dict = {
@@ -524,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         wl_rng = random.Random(f"{args.seed}:{wl.name}")
         injected = inject(attack_sets[wl.name], wl, contexts, wl_rng, "attack")
         injected += inject(held_out_sets[wl.name], wl, contexts, wl_rng, "attack_held_out")
+        injected += inject(team_sets[wl.name], wl, contexts, wl_rng, "attack_team")
         injected += inject(benign_sets[wl.name], wl, contexts, wl_rng, "benign")
         info = {"days": wl.days, "warmup_days": wl.warmup_days, "normal_events": len(wl.events),
                 "contexts": len(contexts), "algorithms": {}}  # fmt: skip

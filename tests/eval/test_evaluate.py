@@ -187,3 +187,24 @@ def test_the_held_out_half_shares_no_technique_and_no_binary_with_the_tuned_one(
     assert not tech(tuned) & tech(held) and not binary(tuned) & binary(held)
     assert len(tuned) + len(held) == len(lines) - 1  # bash's one T1005 line has no side
     assert split_attacks(list(reversed(lines)))[0] == [l for l in reversed(lines) if l in tuned]  # order-independent halves
+
+
+def test_the_team_written_family_is_wide_valid_and_its_own() -> None:
+    """Issue 13: ≥ 150 lines over ≥ 20 ATT&CK techniques, each a valid raw event once
+    injected, run through `sh -c` when it has shell syntax, and none of them a line of
+    the dev corpus (a second family, not a copy)."""
+    from tests.eval.attacks_team import TECHNIQUES, team_attacks
+    from tests.eval.evaluate import load_bench
+
+    lines = team_attacks()
+    assert len(lines) >= 150 and len(TECHNIQUES) >= 20
+    assert len({line["cmdline"] for line in lines}) == len(lines), "a line written twice"
+    for line in lines:
+        event = decode(json.dumps({"ts": 1.0, "org_id": "eval", "workload": "w", **line}))
+        assert event.argv and event.process_name
+        if any(c in line["argv"][-1] for c in "|>;"):
+            assert line["argv"][:2] == ["sh", "-c"], line
+    bench = Path(__file__).resolve().parents[2].parent / "shared" / "bench" / "attacks_dev.jsonl"
+    if bench.exists():
+        dev = {row["cmdline"] for row in load_bench(bench)}
+        assert not dev & {line["cmdline"] for line in lines}
