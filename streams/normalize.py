@@ -45,6 +45,18 @@ def _random_run(match: re.Match[str]) -> str:
     return "<rnd>" if switches >= 3 or (mixed_case and switches >= 2) else run
 
 
+# Short values of a key (``--id=a7Kq2``, ``run=x9Qw``): 4-5 characters after "=", which
+# _ALNUM_RUN (6+) leaves alone; the same test of interleaving, with one digit allowed.
+_SHORT_VALUE = re.compile(r"(?<==)(?=[A-Za-z]*\d)(?=\d*[A-Za-z])[A-Za-z0-9]{4,5}\b")
+
+
+def _random_value(match: re.Match[str]) -> str:
+    run = match.group(0)
+    switches = sum(a.isdigit() != b.isdigit() for a, b in zip(run, run[1:]))
+    mixed_case = any(c.isupper() for c in run) and any(c.islower() for c in run)
+    return "<rnd>" if switches >= 3 or (mixed_case and switches >= 2) else run
+
+
 def _rises(letters: str) -> int:
     """How often the case goes from lower to upper."""
     return sum(a.islower() and b.isupper() for a, b in zip(letters, letters[1:]))
@@ -101,6 +113,8 @@ def _normalize_part(token: str, keep_case: bool = False) -> str:
         if needs in out:
             out = pattern.sub(placeholder, out)
     out = _ALNUM_RUN.sub(_random_run, out)
+    if "=" in out:
+        out = _SHORT_VALUE.sub(_random_value, out)
     if "." in out or "_" in out:
         out = _ONE_DIGIT_SUFFIX.sub(_random_one_digit, out)
     if not keep_case:

@@ -28,6 +28,10 @@ from streams.normalize import (
         ("verify.aB4cD1", "verify.<rnd>"),
         ("/tmp/tmp.Ab3dEf/out", "/tmp/tmp.<rnd>/out"),  # one digit only
         ("tmp.XqakZwPeRt", "tmp.<rnd>"),  # letters only, mktemp's ten
+        ("--id=a7Kq2", "--id=<rnd>"),  # short random values of a key
+        ("--run-id=x9Qw", "--run-id=<rnd>"),
+        ("--enc=utf8", "--enc=utf<n>"),  # ...but not words with a number in them
+        ("--hash=md5sum", "--hash=md<n>sum"),
         ("r12-3456", "r<n>-<n>"),
         # … and words that are not random, kept
         ("file.JavaScript", "file.javascript"),
