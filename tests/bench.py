@@ -7,6 +7,7 @@ the table of this run's figures is printed at the end of the session (conftest h
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -150,6 +151,28 @@ def fleet(shards: int, per_shard: int, behaviours: int, seed: int = 0, zipf: flo
             ))
     events.sort(key=lambda e: e.ts)
     return events
+
+
+def endless_fleet(shards: int, behaviours: int, seed: int = 0, zipf: float = 1.1, start: float = T0) -> Iterator[RawEvent]:
+    """A fleet stream without end, for soak runs: like :func:`fleet`, each shard draws from
+    its own fixed pool of ``behaviours`` with Zipf-like popularity, but the stream goes
+    round after round, one event per shard in shuffled order (``ts`` 2 s per round). A
+    long run's shards settle on their baselines instead of learning new pools forever."""
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, behaviours + 1) ** zipf
+    weights /= weights.sum()
+    pools = [_behaviours(rng, behaviours) for _ in range(shards)]
+    for i in itertools.count():
+        picks = rng.choice(behaviours, size=shards, p=weights)
+        hosts = rng.integers(0, 20, size=shards)
+        for s in rng.permutation(shards):
+            org, workload = f"org{s % 10}", f"svc-{s}"
+            name, parent, user, cmd = pools[s][int(picks[s])]
+            yield RawEvent(
+                ts=start + i * 2.0, org_id=org, workload=workload, host=f"{workload}-{int(hosts[s])}",
+                event_id=f"{org}-{workload}-{i}", pid=1000 + i % 30_000, ppid=1, uid=0 if user == "root" else 1000,
+                user=user, process_name=name, parent_process=parent, cmdline=cmd,
+            )
 
 
 def batches(events: list[RawEvent], size: int) -> Iterator[list[RawEvent]]:
