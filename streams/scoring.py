@@ -34,9 +34,10 @@ from streams.store import Position, ShardStore, claim_key
 log = logging.getLogger(__name__)
 
 # While writing a snapshot, claims are read again when this long has passed since the
-# last read (a read is ~5 ms, a shard's write ~7 ms): a writer stopped mid-snapshot and
-# resumed later checks again before its next shard.
-RECHECK_CLAIMS_S = 0.1
+# last read: a writer stopped mid-snapshot (for longer than this, necessarily: a session
+# timeout is seconds) checks again before its next shard. Reads cost a LanceDB round trip
+# each (~5 ms idle, far more with the engine busy): not one per shard.
+RECHECK_CLAIMS_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,6 +120,9 @@ class ShardStore:
         self._touched: set[str] = set()
         # Highest flush sequence number per table, as last read or written here.
         self._seq: dict[str, int] = {}
+        # Tables known to have the position columns (each LanceDB call costs a round trip
+        # to its event-loop thread, under the GIL: asked once per table, not per write).
+        self._positioned: set[str] = set()
 
     # -- ownership (fencing) -------------------------------------------------------------
 
@@ -193,11 +196,14 @@ class ShardStore:
                 return
             self._db.create_table(name, _with_position(upserts, 1, position))
             self._seq[name] = 1
+            self._positioned.add(name)
             self._touched.add(name)
             return
         seq = self._next_seq(name, table)
         if upserts is not None and upserts.num_rows:
-            self._ensure_position_columns(table)
+            if name not in self._positioned:
+                self._ensure_position_columns(table)
+                self._positioned.add(name)
             merge = table.merge_insert("key").when_matched_update_all().when_not_matched_insert_all()
             if changes.deletes:
                 # Same commit as the upserts: a crash cannot leave one without the other.

@@ -33,6 +33,7 @@ import logging
 import os
 import secrets
 import socket
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +58,8 @@ from streams.store import Position, position_source
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Python's thread switch interval in the worker (see run).
+SWITCH_INTERVAL_S = 0.0005
 # How long a batch's outputs may take to be acknowledged before the worker gives up.
 DELIVERY_TIMEOUT_S = 60.0
 # Errors about one message itself, not the broker: that output is dead-lettered.
@@ -473,6 +476,10 @@ def create_app(settings: Settings) -> faust.App:
 
 def run(settings: Settings) -> None:
     """Start one worker process; returns when it is stopped (SIGINT/SIGTERM)."""
+    # Every LanceDB call hands work to LanceDB's event-loop thread and back; with the
+    # engine thread computing, each handoff waited out Python's 5 ms switch interval
+    # (a shard's merge: ~86 ms instead of ~41 ms at 0.5 ms, next to a busy thread).
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     ensure_topics(settings.kafka, settings.topics)
     check_copartitioned(settings.kafka, [settings.topics.raw, settings.topics.feedback])
     serve_metrics(settings.worker.metrics_port, settings.metrics_host)
