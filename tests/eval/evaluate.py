@@ -436,7 +436,7 @@ def print_table(results: dict, algorithms: list[str]) -> None:
     table = Table(
         title="ruleless detection benchmark",
         caption=f"test days = after the first {WARMUP_FRACTION:.0%} of each workload's days; threshold = lowest score "
-        f"at which ≤ {TARGET_NORMAL_ALERT_RATE:.1%} of normal test events alert",
+        f"at which ≤ {TARGET_NORMAL_ALERT_RATE:.1%} of normal test events alert; mean over {len(results['settings']['seeds'])} injection seeds",
     )  # fmt: skip
     for name, justify in (("workload", "left"), ("algorithm", "left"), ("normal/tuned/held-out/team/benign-new", "right"),
                           ("ROC-AUC tuned", "right"), ("held-out", "right"), ("team", "right"), ("threshold", "right"),
@@ -448,7 +448,7 @@ def print_table(results: dict, algorithms: list[str]) -> None:
             m = info["algorithms"][alg]
             table.add_row(
                 wl if i == 0 else "", alg,
-                f"{m['normal_events_test']:,}/{m['attacks']}/{m.get('held_out_attacks', 0)}/{m.get('team_attacks', 0)}/{m['benign_new']}" if i == 0 else "",
+                "/".join(f"{int(m.get(k, 0)):,}" for k in ("normal_events_test", "attacks", "held_out_attacks", "team_attacks", "benign_new")) if i == 0 else "",
                 _fmt(m["roc_auc"], "{:.3f}"), _fmt(m.get("held_out_roc_auc", float("nan")), "{:.3f}"),
                 _fmt(m.get("team_roc_auc", float("nan")), "{:.3f}"),
                 ">1" if m["threshold"] > 1 else _fmt(m["threshold"], "{:.3f}"), _fmt(m["recall"], "{:.1%}"),
@@ -468,7 +468,7 @@ def print_table(results: dict, algorithms: list[str]) -> None:
                 _fmt(o["normal_alert_rate"], "{:.2%}"), _fmt(o["events_per_s"], "{:,.0f}"),
                 end_section=i == len(algorithms) - 1,
             )  # fmt: skip
-    Console(width=max(180, Console().width)).print(table)
+    Console(width=max(220, Console().width)).print(table)
 
 
 def _fmt(value: float | None, fmt: str) -> str:
@@ -498,7 +498,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--benign", type=int, default=300, help="benign-new lines per workload, different per workload")
     p.add_argument("--all", action="store_true", help="inject every attack and benign-new line into every workload")
     p.add_argument("--learn-injected", action="store_true", help="keep injected events in the baseline (stream mode)")
-    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--seed", type=int, default=SEED, help="the first injection seed")
+    p.add_argument("--seeds", type=int, default=3, help="injection seeds to average over (seed, seed+1, ...)")
     p.add_argument("--output", type=Path, default=RESULTS)
     args = p.parse_args(argv)
 
@@ -512,16 +513,14 @@ def main(argv: list[str] | None = None) -> int:
     attacks, held_out = split_attacks(load_bench(args.bench_dir / "attacks_dev.jsonl"))
     benign = load_bench(args.bench_dir / "benign_dev.jsonl")
     wl_names = [w.name for w in workloads]
-    rng = random.Random(args.seed)
-    attack_sets = sample_disjoint(attacks, wl_names, None if args.all else args.attacks, rng)
-    held_out_sets = sample_disjoint(held_out, wl_names, None if args.all else args.attacks, rng)
-    team_sets = sample_disjoint(team_attacks(), wl_names, None if args.all else args.attacks, rng)
-    benign_sets = sample_disjoint(benign, wl_names, None if args.all else args.benign, rng)
+    seeds = [args.seed + k for k in range(args.seeds)]
+    lines = {"attack": attacks, "attack_held_out": held_out, "attack_team": team_attacks(), "benign": benign}
+    per_workload = {"benign": args.benign}
 
     results: dict = {
         "settings": {
             "warmup_fraction": WARMUP_FRACTION, "target_normal_alert_rate": TARGET_NORMAL_ALERT_RATE,
-            "seed": args.seed, "attacks_per_workload": "all" if args.all else args.attacks,
+            "seeds": seeds, "attacks_per_workload": "all" if args.all else args.attacks,
             "benign_per_workload": "all" if args.all else args.benign,
             "injected_events": "learned" if args.learn_injected else "scored then forgotten",
             "bench_dir": str(args.bench_dir), "data_dir": str(args.data_dir),
@@ -530,30 +529,48 @@ def main(argv: list[str] | None = None) -> int:
         "workloads": {},
         "overall": {},
     }
+    by_seed: dict[str, dict[str, list[dict]]] = {w.name: defaultdict(list) for w in workloads}
+    for seed in seeds:
+        # A different sample and different moments and parents for every seed.
+        rng = random.Random(seed)
+        sets = {kind: sample_disjoint(pool, wl_names, None if args.all else per_workload.get(kind, args.attacks), rng)
+                for kind, pool in lines.items()}  # fmt: skip
+        for wl in workloads:
+            contexts = parents_by_context(wl)
+            wl_rng = random.Random(f"{seed}:{wl.name}")
+            injected = [item for kind in lines for item in inject(sets[kind][wl.name], wl, contexts, wl_rng, kind)]
+            for alg in algorithms:
+                started = time.monotonic()
+                m = metrics(wl, score_workload(alg, wl, injected, args.learn_injected))
+                by_seed[wl.name][alg].append(m)
+                print(f"seed {seed} {wl.name:5s} {alg:9s} AUC tuned {m['roc_auc']:.4f} held-out {m['held_out_roc_auc']:.4f} "
+                      f"team {m['team_roc_auc']:.4f}; recall {m['recall']:.1%} / {m['held_out_recall']:.1%} / "
+                      f"{m['team_recall']:.1%}; benign-new {m['benign_new_alert_rate']:.1%} ({time.monotonic() - started:.0f}s)",
+                      file=sys.stderr)  # fmt: skip
     for wl in workloads:
-        contexts = parents_by_context(wl)
-        wl_rng = random.Random(f"{args.seed}:{wl.name}")
-        injected = inject(attack_sets[wl.name], wl, contexts, wl_rng, "attack")
-        injected += inject(held_out_sets[wl.name], wl, contexts, wl_rng, "attack_held_out")
-        injected += inject(team_sets[wl.name], wl, contexts, wl_rng, "attack_team")
-        injected += inject(benign_sets[wl.name], wl, contexts, wl_rng, "benign")
-        info = {"days": wl.days, "warmup_days": wl.warmup_days, "normal_events": len(wl.events),
-                "contexts": len(contexts), "algorithms": {}}  # fmt: skip
-        for alg in algorithms:
-            started = time.monotonic()
-            scored = score_workload(alg, wl, injected, args.learn_injected)
-            info["algorithms"][alg] = metrics(wl, scored)
-            m = info["algorithms"][alg]
-            print(f"{wl.name:5s} {alg:9s} AUC {m['roc_auc']:.3f} recall {m['recall']:.1%} "
-                  f"benign-new {m['benign_new_alert_rate']:.1%} {m['events_per_s']:,.0f} ev/s "
-                  f"({time.monotonic() - started:.0f}s)", file=sys.stderr)  # fmt: skip
-        results["workloads"][wl.name] = info
+        results["workloads"][wl.name] = {
+            "days": wl.days, "warmup_days": wl.warmup_days, "normal_events": len(wl.events),
+            "contexts": len(parents_by_context(wl)),
+            "algorithms": {alg: mean_over_seeds(runs) for alg, runs in by_seed[wl.name].items()},
+        }  # fmt: skip
     for alg in algorithms:
         results["overall"][alg] = overall({n: w["algorithms"][alg] for n, w in results["workloads"].items()})
     args.output.write_text(json.dumps(_finite(results), indent=2, default=_json_default) + "\n")
     print_table(results, algorithms)
     print(f"results: {args.output}", file=sys.stderr)
     return 0
+
+
+def mean_over_seeds(runs: list[dict]) -> dict:
+    """One workload's metrics averaged over injection seeds (numbers; NaN ignored); the
+    per-technique tables of the first seed, and each seed's own figures under "seeds"."""
+    out = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            values = [r[key] for r in runs if not (isinstance(r[key], float) and math.isnan(r[key]))]
+            out[key] = float(np.mean(values)) if values else float("nan")
+    out["seeds"] = [{k: v for k, v in r.items() if not isinstance(v, dict)} for r in runs]
+    return out
 
 
 def _finite(value: object) -> object:
