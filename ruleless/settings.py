@@ -121,6 +121,10 @@ class LanceSettings(BaseModel):
     # Dirty shards are written at most this often; offsets are committed only after.
     flush_interval_s: float = Field(2.0, gt=0)
     compact_interval_s: float = Field(300.0, gt=0)
+    # LanceDB's metadata and index caches, each (MiB). Its defaults are far larger: with
+    # one commit per dirty shard per flush, a worker's RSS grew ~3 MiB per flush of 100
+    # shards for as long as it ran (issue 14, soak).
+    cache_mib: int = Field(64, ge=1)
 
 
 class WorkerSettings(BaseModel):

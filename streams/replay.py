@@ -340,7 +340,7 @@ def _accept(
 
 def _write(settings: Settings, engine: Engine, summary: ReplaySummary) -> None:
     """Swap every rebuilt shard in, one atomic LanceDB commit each, with its position."""
-    store = ShardStore(settings.lancedb.uri)
+    store = ShardStore(settings.lancedb.uri, settings.lancedb.cache_mib)
     algorithm = engine.algorithm.name
     for key in sorted(engine.shards):
         store.replace(algorithm, key, engine.shards[key].to_table(), position=summary.positions.get(key))

@@ -62,7 +62,7 @@ class ScoringService:
     def __init__(self, settings: Settings, store: ShardStore | None = None, engine: Engine | None = None):
         self.settings = settings
         self.engine = engine or Engine(settings.engine)
-        self.store = store or ShardStore(settings.lancedb.uri)
+        self.store = store or ShardStore(settings.lancedb.uri, settings.lancedb.cache_mib)
         self._last_compact = time.monotonic()
         # Per shard in memory: the last input event its learning includes (stream only).
         self.positions: dict[str, Position] = {}

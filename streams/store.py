@@ -113,10 +113,16 @@ def table_name(algorithm: str, shard_key: str) -> str:
     return f"{algorithm}__{org_id}__{workload}__{digest}"
 
 
+# Default size of each of LanceDB's caches (metadata, index) for a store (settings:
+# lancedb.cache_mib).
+DEFAULT_CACHE_MIB = 64
+
+
 class ShardStore:
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, cache_mib: int = DEFAULT_CACHE_MIB):
         self.uri = uri
-        self._db = lancedb.connect(uri)
+        size = cache_mib << 20
+        self._db = lancedb.connect(uri, session=lancedb.Session(index_cache_size_bytes=size, metadata_cache_size_bytes=size))
         self._touched: set[str] = set()
         # Highest flush sequence number per table, as last read or written here.
         self._seq: dict[str, int] = {}
