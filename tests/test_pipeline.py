@@ -88,7 +88,6 @@ def test_ruleless_up_scores_this_hosts_own_processes(tmp_path: Path) -> None:
         "RULELESS_ALERTS__WEBHOOK": f"https://hooks.example.invalid/services/{secrets['hook']}",
         "RULELESS_ALERTS__WEBHOOK_TOKEN": secrets["hooktoken"],
     }
-    marker = f"{time.time() % 1000:.3f}"
     up = subprocess.Popen(
         [RULELESS, "up", "--data-dir", str(tmp_path / "data")],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -100,15 +99,7 @@ def test_ruleless_up_scores_this_hosts_own_processes(tmp_path: Path) -> None:
         poll_sql(url, "SELECT 1 AS ok", lambda r: bool(r), timeout=120, token=token)
         environs = {role: Path(f"/proc/{pid}/environ").read_bytes() for role, pid in _children(up.pid).items()}
         time.sleep(5)  # let the worker join its group before the process we look for runs
-        child = subprocess.Popen(["sleep", marker])
-        rows = poll_sql(
-            url,
-            f"SELECT cmdline, score, severity, org_id, host FROM ruleless.security_events FINAL WHERE cmdline = 'sleep {marker}'",
-            lambda r: bool(r),
-            timeout=120,
-            token=token,
-        )
-        child.kill()
+        rows = exec_and_find(url, token, "cmdline, score, severity, org_id, host", timeout=120)
         assert rows[0]["org_id"] == "selftest"
         assert 0.0 <= float(rows[0]["score"]) <= 1.0
         # Issue 14: with the broker gone, stopping took 62 s; it must take at most 10.
@@ -135,6 +126,18 @@ def test_ruleless_up_scores_this_hosts_own_processes(tmp_path: Path) -> None:
     for name, value in secrets.items():
         assert not [role for role, env in environs.items() if value.encode() in env], f"{name} in a child's environment"
         assert not [where for where, body in logs.items() if value in body], f"{name} in a log"
+
+
+def exec_and_find(url: str, token: Callable[[], str | None], columns: str = "cmdline", timeout: float = 180.0) -> list[dict]:
+    """Exec a `sleep MARKER` on this host and wait for its row in ClickHouse; its rows."""
+    marker = f"{time.time() % 1000:.3f}"
+    child = subprocess.Popen(["sleep", marker])
+    try:
+        return poll_sql(url, f"SELECT {columns} FROM ruleless.security_events FINAL WHERE cmdline = 'sleep {marker}'",
+                        lambda r: bool(r), timeout=timeout, token=token)
+    finally:
+        child.kill()
+        child.wait()
 
 
 def _children(pid: int) -> dict[str, int]:
@@ -190,14 +193,7 @@ def test_ruleless_up_restarts_what_dies_and_leaves_nothing_behind(tmp_path: Path
         os.kill(parts["broker"], signal.SIGKILL)
         _wait("a new broker", lambda: _children(up.pid).get("broker", parts["broker"]) != parts["broker"], 30)
         time.sleep(10)  # the worker's group forms again on the new broker
-        marker = f"{time.time() % 1000:.3f}"
-        child = subprocess.Popen(["sleep", marker])
-        try:
-            poll_sql(url, f"SELECT cmdline FROM ruleless.security_events FINAL WHERE cmdline = 'sleep {marker}'",
-                     lambda r: bool(r), timeout=180, token=token)
-        finally:
-            child.kill()
-            child.wait()
+        exec_and_find(url, token)
 
         parts = _children(up.pid)
         up.kill()
@@ -234,14 +230,7 @@ def test_ruleless_up_as_root_runs_the_sink_and_worker_unprivileged() -> None:
         poll_sql(url, "SELECT 1 AS ok", lambda r: bool(r), timeout=120, token=token)
         uids = {role: _uid(pid) for role, pid in _children(up.pid).items()}
         time.sleep(5)
-        marker = f"{time.time() % 1000:.3f}"
-        child = subprocess.Popen(["sleep", marker])
-        try:
-            poll_sql(url, f"SELECT cmdline FROM ruleless.security_events FINAL WHERE cmdline = 'sleep {marker}'",
-                     lambda r: bool(r), timeout=120, token=token)
-        finally:
-            child.kill()
-            child.wait()
+        exec_and_find(url, token, timeout=120)
     finally:
         up.send_signal(signal.SIGINT)
         out, _ = up.communicate(timeout=90)

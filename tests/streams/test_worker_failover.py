@@ -65,6 +65,13 @@ def offline_scores(settings: Settings, events: list[RawEvent], tmp_path: Path) -
     return {s.event_id: s.score for s in offline.score(events)}  # type: ignore[misc]
 
 
+def stored_events(topics: Settings) -> int:
+    """Rows in ClickHouse (FINAL: one per event), through the sink's query endpoint."""
+    url = f"http://{topics.sink.query_host}:{topics.sink.query_port}"
+    sql = f"SELECT count() AS n FROM {topics.clickhouse.database}.{topics.clickhouse.table} FINAL"
+    return int(query_http(url, sql, QUERY_TOKEN)[0]["n"])
+
+
 # seed scores do not depend on counts; evidence scores do (episodes, novelty rates), so
 # learning an event twice would show there.
 @pytest.mark.parametrize("algorithm", ["seed", "evidence"])
@@ -77,7 +84,7 @@ def test_sigkilled_worker_loses_nothing_and_scores_stay_exact(topics: Settings, 
     logs = {name: tmp_path / f"worker-{name}.log" for name in ("a", "b")}
 
     def stored() -> int:
-        return int(query_http(url, f"SELECT count() AS n FROM {table} FINAL", QUERY_TOKEN)[0]["n"])
+        return stored_events(topics)
 
     with ruleless_process(topics, "sink", log=tmp_path / "sink.log"), ruleless_process(
         worker_settings(topics, "a", tmp_path), "worker", log=logs["a"]
@@ -131,7 +138,7 @@ def test_a_stalled_worker_that_resumes_writes_nothing_and_scores_stay_exact(topi
     logs = {name: tmp_path / f"worker-{name}.log" for name in ("a", "b")}
 
     def stored() -> int:
-        return int(query_http(url, f"SELECT count() AS n FROM {table} FINAL", QUERY_TOKEN)[0]["n"])
+        return stored_events(topics)
 
     def claims_logged(name: str) -> int:
         return logs[name].read_text(errors="replace").count("claimed ")
