@@ -134,7 +134,7 @@ def agent(
 def score(
     input: Annotated[str, typer.Option("--input", "-i", help="JSONL of raw events ('-' = stdin).")],
     output: Annotated[str, typer.Option("--output", "-o", help="JSONL of scored events ('-' = stdout).")],
-    state: Annotated[Optional[Path], typer.Option("--state", help="Shard directory to read and update (default: a temp dir).")] = None,
+    state: Annotated[Optional[Path], typer.Option("--state", help="Shard directory to read and update (default: none, nothing is kept).")] = None,
     algorithm: Annotated[Optional[str], typer.Option("--algorithm", envvar="RULELESS_ENGINE__ALGORITHM", help="Scoring algorithm.")] = None,
     errors: Annotated[Optional[str], typer.Option("--errors", help="Write invalid lines with reasons here (default: stderr).")] = None,
     max_invalid: Annotated[int, typer.Option("--max-invalid", help="Exit 0 with up to this many invalid lines (default 0: any invalid line exits 1).")] = 0,
@@ -152,7 +152,7 @@ def score(
         try:
             settings = _settings(config, lancedb={"uri": str(state or tmp)}, engine={"algorithm": algorithm})
             with _open(input, "rb") as src, _open(output, "w") as dst, _open(errors or "-", "w", sys.stderr) as err:
-                summary = score_stream(settings, bounded_lines(src), dst, errors=err)
+                summary = score_stream(settings, bounded_lines(src), dst, errors=err, persist=state is not None)
         except RulelessError as exc:
             _fail(exc)
     typer.echo(
@@ -232,7 +232,7 @@ def query(
 def search(
     text: Annotated[str, typer.Argument(help="Words of a command line, e.g. 'curl bash'.")],
     limit: Annotated[int, typer.Option("--limit", "-n", help="Hits to show.")] = 20,
-    shard: Annotated[Optional[str], typer.Option("--shard", help="Only shards whose table name contains this (e.g. acme__web).")] = None,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="Only shards whose key starts with this (e.g. acme/web).")] = None,
     lancedb: Annotated[Optional[str], typer.Option("--lancedb", envvar="RULELESS_LANCEDB__URI", help="LanceDB URI of the shards.")] = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -243,9 +243,9 @@ def search(
     from streams.search import search as run_search
 
     settings = _settings(config, lancedb={"uri": lancedb})
-    table = Table("shard table", "behaviour", "seen", "similarity")
+    table = Table("algorithm", "shard", "behaviour", "seen", "similarity")
     for hit in run_search(settings.lancedb.uri, text, limit, shard or "", settings.engine.dims):
-        table.add_row(hit.table, hit.behaviour[:100], str(hit.count), f"{hit.similarity:.2f}")
+        table.add_row(hit.algorithm, hit.shard, hit.behaviour[:100], str(hit.count), f"{hit.similarity:.2f}")
     Console().print(table)
 
 

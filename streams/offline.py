@@ -7,6 +7,7 @@ here gives the scores the stream gives for the same events in the same order.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, TextIO
@@ -19,6 +20,9 @@ from schemas.events import RawEvent, decode, encode
 from streams.scoring import ScoringService
 
 log = logging.getLogger(__name__)
+
+# With a state directory, learning is written at the end and this often on the way.
+PERSIST_EVERY_S = 60.0
 
 # A line longer than this is reported invalid without being held in memory whole.
 MAX_LINE_BYTES = 16 << 20
@@ -40,18 +44,26 @@ def score_stream(
     errors: TextIO | None = None,
     batch_size: int = 2000,
     service: ScoringService | None = None,
+    persist: bool = True,
 ) -> ScoreSummary:
-    """Score JSON lines to ``out`` in input order; invalid lines are reported, not fatal."""
+    """Score JSON lines to ``out`` in input order; invalid lines are reported, not fatal.
+
+    With ``persist``, the learning is written to the shard store at the end, and every
+    :data:`PERSIST_EVERY_S` on the way for long inputs; without, nothing is written."""
     service = service or ScoringService(settings)
     summary = ScoreSummary()
+    last_write = time.monotonic()
     for batch in _batches(_decoded(lines, summary, errors), batch_size):
         for scored in service.score(batch):
             out.write(encode(scored).decode() + "\n")
             summary.scored += 1
             summary.warn += scored.severity == "warn"
             summary.alert += scored.severity == "alert"
+        if persist and time.monotonic() - last_write >= PERSIST_EVERY_S:
+            service.flush()
+            last_write = time.monotonic()
+    if persist:
         service.flush()
-    service.flush()
     return summary
 
 

@@ -13,7 +13,7 @@ What a replay does, in order:
    its events in their original order), decodes, keeps the selected shards' events and
    scores them with a fresh in-memory engine — the stream's own scoring and learning.
 4. Only after everything was read: swaps each rebuilt shard into LanceDB with
-   :meth:`ShardStore.replace` (one atomic commit per shard) together with its position,
+   :meth:`ShardStore.replace` (one atomic commit per raw partition) together with its position,
    the last offset it learned, which the workers then skip to. A replay that fails or is
    interrupted before this step changes nothing.
 
@@ -40,7 +40,7 @@ from ruleless.settings import Settings
 from schemas.errors import DecodeError, ReplayError, ServiceError
 from schemas.events import NAME_PATTERN, RawEvent, decode
 from streams.engine import Engine
-from streams.store import Position, ShardStore, position_source
+from streams.store import OFFLINE, Position, ShardStore, Stored, claim_key, position_source
 
 log = logging.getLogger(__name__)
 
@@ -339,15 +339,19 @@ def _accept(
 
 
 def _write(settings: Settings, engine: Engine, summary: ReplaySummary) -> None:
-    """Swap every rebuilt shard in, one atomic LanceDB commit each, with its position."""
+    """Swap every rebuilt shard in with its position: one atomic LanceDB commit per raw
+    partition (the group a worker reads the shard from)."""
     store = ShardStore(settings.lancedb.uri, settings.lancedb.cache_mib)
     algorithm = engine.algorithm.name
+    groups: dict[str, dict[str, Stored]] = {}
     for key in sorted(engine.shards):
-        store.replace(algorithm, key, engine.shards[key].to_table(), position=summary.positions.get(key))
-        summary.written.append(key)
         at = summary.positions.get(key)
-        log.debug("replaced shard %s (%d events learned, up to %s)", key, summary.shards[key],
-                  f"{at.source}@{at.offset}" if at else "-")
+        group = claim_key(at.source) if at is not None else OFFLINE
+        groups.setdefault(group, {})[key] = Stored(engine.shards[key].to_table(), at)
+    for group, shards in sorted(groups.items()):
+        store.replace(algorithm, group, shards)
+        summary.written.extend(shards)
+        log.debug("replaced %d shards of %s", len(shards), group)
     log.info("replaced %d shards in %s", len(summary.written), settings.lancedb.uri)
 
 

@@ -3,7 +3,8 @@
 Seed shards hold hashed vectors: the query is embedded with the same hashing (as the
 article's NL search did, so only words that appear in command lines can match) and the
 nearest behaviours are returned. Evidence shards hold normalised observations: the query
-words are matched against them. Reads go to LanceDB directly; no worker is involved.
+words are matched against them. Reads go to LanceDB directly; no worker is involved. A behaviour learned again since
+it was last compacted can show an older count.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import numpy as np
 from schemas.events import RawEvent
 from streams.featurize import seed_tokens, seed_vector
 from streams.normalize import normalize_token
+from streams.store import DELETED_COLUMN, GROUP_PREFIX, SHARD_COLUMN
 
 
 @dataclass(frozen=True)
 class Hit:
-    table: str
+    algorithm: str
+    shard: str
     behaviour: str
     count: int
     last_ts: float
@@ -28,40 +31,52 @@ class Hit:
 
 
 def search(uri: str, text: str, limit: int = 20, shard_prefix: str = "", dims: int = 128) -> list[Hit]:
-    """Behaviours most like ``text`` over every shard table (optionally one shard's)."""
+    """Behaviours most like ``text`` over every shard (optionally those whose key starts
+    with ``shard_prefix``, e.g. "acme/web")."""
     db = lancedb.connect(uri)
+    live = f"NOT {DELETED_COLUMN}"
+    if shard_prefix:
+        live += f" AND starts_with({SHARD_COLUMN}, '{_quoted(shard_prefix)}')"
     hits: list[Hit] = []
     for name in db.list_tables().tables:
-        if shard_prefix and shard_prefix not in name:
+        if not name.startswith(GROUP_PREFIX):
             continue
+        algorithm = name[len(GROUP_PREFIX):].split(".", 1)[0]
         table = db.open_table(name)
-        if name.startswith("seed__"):
-            hits += _seed_hits(name, table, text, limit, dims)
-        elif name.startswith("evidence__"):
-            hits += _evidence_hits(name, table, text, limit)
-    hits.sort(key=lambda h: (-h.similarity, -h.count))
-    return hits[:limit]
+        if algorithm == "seed":
+            hits += _seed_hits(table, text, limit, dims, live)
+        elif algorithm == "evidence":
+            hits += _evidence_hits(table, text, limit, live)
+    # A table is a change log (streams.store): keep one hit per behaviour of a shard.
+    best: dict[tuple[str, str, str], Hit] = {}
+    for hit in sorted(hits, key=lambda h: (-h.similarity, -h.count)):
+        best.setdefault((hit.algorithm, hit.shard, hit.behaviour), hit)
+    return list(best.values())[:limit]
 
 
-def _seed_hits(name: str, table: lancedb.table.Table, text: str, limit: int, dims: int) -> list[Hit]:
+def _quoted(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def _seed_hits(table: lancedb.table.Table, text: str, limit: int, dims: int, live: str) -> list[Hit]:
     probe = RawEvent(ts=0, org_id="q", workload="q", cmdline=text)
     # Only the command-line positions: the query has no process/parent/ports.
     vec = seed_vector([""] * 5 + seed_tokens(probe)[5:], dims)
     if not vec.any():
         return []
-    rows = table.search(vec.astype(np.float32)).metric("cosine").where("key != '__meta__'").limit(limit).to_list()
-    return [Hit(name, r["exemplar"], int(r["count"]), float(r["last_ts"]), 1.0 - float(r["_distance"])) for r in rows]
+    rows = table.search(vec.astype(np.float32)).metric("cosine").where(f"key != '__meta__' AND {live}", prefilter=True).limit(limit * 3).to_list()
+    return [Hit("seed", r[SHARD_COLUMN], r["exemplar"], int(r["count"]), float(r["last_ts"]), 1.0 - float(r["_distance"])) for r in rows]
 
 
-def _evidence_hits(name: str, table: lancedb.table.Table, text: str, limit: int) -> list[Hit]:
+def _evidence_hits(table: lancedb.table.Table, text: str, limit: int, live: str) -> list[Hit]:
     words = [normalize_token(w) for w in text.split() if w]
     if not words:
         return []
-    clause = " OR ".join(f"value LIKE '%{w.replace(chr(39), chr(39) * 2)}%'" for w in words)
-    rows = table.search().where(f"kind IN ('args', 'prog') AND ({clause})").limit(limit * 5).to_list()
+    clause = " OR ".join(f"value LIKE '%{_quoted(w)}%'" for w in words)
+    rows = table.search().where(f"kind IN ('args', 'prog') AND {live} AND ({clause})").limit(limit * 5).to_list()
     out = []
     for r in rows:
         matched = sum(w in r["value"] for w in words) / len(words)
         behaviour = f"{r['ctx']} {r['value']}".strip() if r["kind"] == "args" else r["value"]
-        out.append(Hit(name, behaviour, int(r["count"]), float(r["last_ts"]), matched))
+        out.append(Hit("evidence", r[SHARD_COLUMN], behaviour, int(r["count"]), float(r["last_ts"]), matched))
     return out

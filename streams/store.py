@@ -1,30 +1,40 @@
 """LanceDB persistence of shards: the durable store of a shard, never a per-event query.
 
-One table per (algorithm, org_id, workload). The engine's changes are written in batches
-(one merge per shard per flush), tables are compacted periodically, and expired rows are
-deleted by key. A shard is read whole when its owner first needs it.
+Shards are stored by *group*: one table per (algorithm, group) holds the rows of every
+shard in it. A stream worker's group is the input partition a shard is read from
+("topic/partition"), so each table has one writer — the partition's owner — and a flush
+costs one LanceDB commit per partition with changes, however many shards changed
+(issue 17: one commit per shard made a flush of 1,000 shards take longer than its
+interval). Offline scoring uses the group :data:`OFFLINE`.
 
-Every write also records the shard's *position*: the input partition and offset of the
-last event its learning includes (issue 5). The position columns travel in the same
-LanceDB commit as the learning (upserts and deletes are one ``merge_insert``), so a
-reloaded shard says exactly which events it has already learned — what lets a new owner
-after a crash skip them instead of learning them twice.
+A group table is an append-only change log: a flush appends each changed row once,
+stamped with the write's sequence number (``_seq``), and a deleted key as a tombstone row
+(``_deleted``). Reading a shard keeps the newest row per key. :meth:`ShardStore.compact`
+rewrites a table without its superseded rows when they are a good part of it.
+
+Every write also records each shard's *position*: the input partition and offset of the
+last event its learning includes (issue 5). The position travels on the shard's rows in
+the same commit as its learning, so a reloaded shard says exactly which events it has
+already learned — what lets a new owner after a crash skip them instead of learning them
+twice.
 
 Writers are fenced (issue 14): a worker *claims* each input partition it is assigned
 (:meth:`ShardStore.claim`, one generation above the last claim, in the ``_owners``
-table), and checks its claim before each shard it writes (:meth:`ShardStore.holds`). A
-worker that stalled past its session timeout, whose partitions a newer owner claimed and
-loaded meanwhile, finds its claim superseded and writes nothing.
+table), and checks its claim before it writes a partition's group
+(:meth:`ShardStore.holds`). A worker that stalled past its session timeout, whose
+partitions a newer owner claimed and loaded meanwhile, finds its claim superseded and
+writes nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
-from datetime import timedelta
-
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 import lancedb
 import pyarrow as pa
@@ -35,16 +45,26 @@ from streams.algorithm import Changes
 
 log = logging.getLogger(__name__)
 
-# Bookkeeping columns the store adds to every algorithm's rows (never seen by algorithms):
-# the flush sequence number of the write, and the position of the shard at that write.
+# The group of shards scored outside a stream (`ruleless score`, evaluations).
+OFFLINE = "offline"
+
+# Bookkeeping columns the store adds to every algorithm's rows (never seen by algorithms).
+SHARD_COLUMN = "_shard"
+DELETED_COLUMN = "_deleted"
 SEQ_COLUMN = "_seq"
 SOURCE_COLUMN = "_source"
 OFFSET_COLUMN = "_offset"
-_POSITION_FIELDS = [
+_BOOKKEEPING = [
+    pa.field(SHARD_COLUMN, pa.string()),
+    pa.field(DELETED_COLUMN, pa.bool_()),
     pa.field(SEQ_COLUMN, pa.int64()),
     pa.field(SOURCE_COLUMN, pa.string()),
     pa.field(OFFSET_COLUMN, pa.int64()),
 ]
+_BOOKKEEPING_NAMES = [f.name for f in _BOOKKEEPING]
+
+# A table is rewritten by compact() once superseded rows are this share of it.
+REWRITE_SUPERSEDED_SHARE = 0.3
 
 
 def position_source(topic: str, partition: int, incarnation: str = "") -> str:
@@ -66,29 +86,12 @@ class Position:
         return source == self.source and offset <= self.offset
 
 
-def _with_position(table: pa.Table, seq: int, position: Position | None) -> pa.Table:
-    """``table`` plus the bookkeeping columns, the same values on every row."""
-    n = table.num_rows
-    return (
-        table.append_column(_POSITION_FIELDS[0], pa.array([seq] * n, pa.int64()))
-        .append_column(_POSITION_FIELDS[1], pa.array([position.source if position else None] * n, pa.string()))
-        .append_column(_POSITION_FIELDS[2], pa.array([position.offset if position else None] * n, pa.int64()))
-    )
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A shard as read back: its learned rows (the algorithm's schema) and its position."""
 
-
-def _split_position(table: pa.Table) -> tuple[pa.Table, int, Position | None]:
-    """The algorithm's columns, the highest flush sequence, and the position it wrote."""
-    if SEQ_COLUMN not in table.column_names:
-        return table, 0, None
-    learned = table.drop_columns([f.name for f in _POSITION_FIELDS if f.name in table.column_names])
-    seqs = table.column(SEQ_COLUMN)
-    if table.num_rows == 0 or seqs.null_count == table.num_rows:
-        return learned, 0, None
-    seq = int(pc.max(seqs).as_py())
-    last = table.filter(pc.equal(seqs, seq)).slice(0, 1).to_pylist()[0]
-    source, offset = last.get(SOURCE_COLUMN), last.get(OFFSET_COLUMN)
-    position = Position(source, int(offset)) if source is not None and offset is not None else None
-    return learned, seq, position
+    table: pa.Table
+    position: Position | None
 
 
 # The table of partition claims: one row per input partition ("topic/partition"), with
@@ -99,6 +102,8 @@ _OWNERS_SCHEMA = pa.schema([
     pa.field("owner", pa.string()), pa.field("claimed_at", pa.float64()),
 ])  # fmt: skip
 
+GROUP_PREFIX = "shards."
+
 
 def claim_key(source: str) -> str:
     """The partition a position's source names, without its topic incarnation: claims
@@ -106,8 +111,15 @@ def claim_key(source: str) -> str:
     return source.split("#", 1)[0]
 
 
-def table_name(algorithm: str, shard_key: str) -> str:
-    """Readable and unambiguous: names may contain "__", the hash tells them apart."""
+def group_table(algorithm: str, group: str) -> str:
+    """A group's table: readable, and unambiguous (the hash tells apart groups whose
+    names differ only in characters a table name cannot hold)."""
+    digest = hashlib.blake2b(group.encode(), digest_size=4).hexdigest()
+    return f"{GROUP_PREFIX}{algorithm}.{re.sub(r'[^A-Za-z0-9_-]', '_', group)}.{digest}"
+
+
+def legacy_table(algorithm: str, shard_key: str) -> str:
+    """The one-table-per-shard name of releases before groups (read once, then moved)."""
     org_id, workload = shard_key.split("/", 1)
     digest = hashlib.blake2b(shard_key.encode(), digest_size=4).hexdigest()
     return f"{algorithm}__{org_id}__{workload}__{digest}"
@@ -124,11 +136,10 @@ class ShardStore:
         size = cache_mib << 20
         self._db = lancedb.connect(uri, session=lancedb.Session(index_cache_size_bytes=size, metadata_cache_size_bytes=size))
         self._touched: set[str] = set()
-        # Highest flush sequence number per table, as last read or written here.
+        # Highest sequence number per group table, as last read or written here.
         self._seq: dict[str, int] = {}
-        # Tables known to have the position columns (each LanceDB call costs a round trip
-        # to its event-loop thread, under the GIL: asked once per table, not per write).
-        self._positioned: set[str] = set()
+        # Shard tables of older releases still to be moved into their group (listed once).
+        self._legacy: set[str] | None = None
 
     # -- ownership (fencing) -------------------------------------------------------------
 
@@ -167,101 +178,231 @@ class ShardStore:
         except (FileNotFoundError, ValueError):
             return self._db.create_table(OWNERS_TABLE, schema=_OWNERS_SCHEMA, exist_ok=True)
 
-    # -- shards ----------------------------------------------------------------------------
+    # -- reading -------------------------------------------------------------------------
 
-    def _names(self) -> set[str]:
-        return set(self._db.list_tables().tables)
+    def load(self, algorithm: str, group: str, keys: Iterable[str]) -> dict[str, Stored]:
+        """The stored shards among ``keys`` (a shard with no history is absent), read in
+        one query. Raises :class:`ShardUnreadable` when the group's table exists but
+        cannot be read: its shards must not be scored against an empty baseline."""
+        keys = sorted(set(keys))
+        if not keys:
+            return {}
+        name = group_table(algorithm, group)
+        table = self._open(name)
+        rows = None
+        if table is not None:
+            try:
+                rows = table.search().where(f"{SHARD_COLUMN} IN ({_quoted(keys)})", prefilter=True).limit(None).to_arrow()
+            except Exception as exc:  # noqa: BLE001 - which one depends on what broke
+                raise ShardUnreadable(f"group {group}: LanceDB table {name} exists but cannot be read ({type(exc).__name__}: {exc})") from None
+        stored = _by_shard(_newest(rows)) if rows is not None else {}
+        missing = [key for key in keys if key not in stored]
+        if missing:
+            stored.update(self._move_legacy(algorithm, group, missing))
+        return stored
 
-    def load(self, algorithm: str, shard_key: str) -> pa.Table | None:
-        """The shard's learned rows in the algorithm's schema, or None if it has none."""
-        loaded = self.load_with_position(algorithm, shard_key)
-        return loaded[0] if loaded is not None else None
+    def load_one(self, algorithm: str, group: str, key: str) -> Stored | None:
+        return self.load(algorithm, group, [key]).get(key)
 
-    def load_with_position(self, algorithm: str, shard_key: str) -> tuple[pa.Table, Position | None] | None:
-        """The shard's learned rows and its position (None when written without one)."""
-        name = table_name(algorithm, shard_key)
+    def groups(self, algorithm: str) -> list[str]:
+        """The group tables of ``algorithm`` (names, for tools that read every shard)."""
+        prefix = f"{GROUP_PREFIX}{algorithm}."
+        return sorted(n for n in self._db.list_tables().tables if n.startswith(prefix))
+
+    def find(self, algorithm: str, key: str) -> Stored | None:
+        """A shard wherever it is stored (reads every group: for tools and tests)."""
+        for name in self.groups(algorithm):
+            rows = self._db.open_table(name).search().where(f"{SHARD_COLUMN} = {_quoted([key])}", prefilter=True).limit(None).to_arrow()
+            found = _by_shard(_newest(rows)).get(key)
+            if found is not None:
+                return found
+        return None
+
+    def _open(self, name: str) -> lancedb.table.Table | None:
         try:
-            raw = self._db.open_table(name).to_arrow()
-            learned, seq, position = _split_position(raw)
-        except Exception as exc:  # noqa: BLE001 - which one depends on what broke; told apart below
-            if name not in self._names():
-                return None  # a shard with no history yet
-            raise ShardUnreadable(f"shard {shard_key}: LanceDB table {name} exists but cannot be read ({type(exc).__name__}: {exc})") from None
-        self._seq[name] = seq
-        return learned, position
-
-    def save(self, algorithm: str, shard_key: str, changes: Changes, position: Position | None = None) -> None:
-        """Apply one shard's changes in one commit: upsert by key, delete expired keys,
-        and record ``position`` (the last event the changes include) with them."""
-        name = table_name(algorithm, shard_key)
-        upserts = changes.upserts
-        try:
-            table = self._db.open_table(name)
+            return self._db.open_table(name)
         except (FileNotFoundError, ValueError):
-            if upserts is None:
-                return
-            self._db.create_table(name, _with_position(upserts, 1, position))
-            self._seq[name] = 1
-            self._positioned.add(name)
-            self._touched.add(name)
+            return None
+
+    def _move_legacy(self, algorithm: str, group: str, keys: list[str]) -> dict[str, Stored]:
+        """Shards still in tables of their own (older releases): read, written into the
+        group in one commit, then dropped — once, the first time each is needed."""
+        if self._legacy is None:
+            self._legacy = {n for n in self._db.list_tables().tables if not n.startswith(GROUP_PREFIX) and n != OWNERS_TABLE}
+        found: dict[str, Stored] = {}
+        for key in keys:
+            name = legacy_table(algorithm, key)
+            if name in self._legacy:
+                try:
+                    found[key] = _legacy_stored(self._db.open_table(name).to_arrow())
+                except Exception as exc:  # noqa: BLE001
+                    raise ShardUnreadable(f"shard {key}: LanceDB table {name} exists but cannot be read ({type(exc).__name__}: {exc})") from None
+        if found:
+            self.replace(algorithm, group, found)
+            for key in found:
+                self._db.drop_table(legacy_table(algorithm, key))
+                self._legacy.discard(legacy_table(algorithm, key))
+            log.info("moved %d shards from their own tables into group %s", len(found), group)
+        return found
+
+    # -- writing -------------------------------------------------------------------------
+
+    def write(self, algorithm: str, schema: pa.Schema, group: str, shards: Mapping[str, tuple[Changes, Position | None]]) -> None:
+        """Append changed shards of one group in one commit: upserted rows, a tombstone per
+        deleted key, each shard's position on its rows. ``schema`` is the algorithm's."""
+        parts = []
+        for key, (changes, position) in shards.items():
+            if changes.upserts is not None and changes.upserts.num_rows:
+                parts.append((key, changes.upserts, False, position))
+            if changes.deletes:
+                parts.append((key, _tombstones(changes.deletes, schema), True, position))
+        if parts:
+            self._append(group_table(algorithm, group), parts)
+
+    def replace(self, algorithm: str, group: str, shards: Mapping[str, Stored]) -> None:
+        """Swap shards' whole contents in one commit (replay): their older rows go."""
+        name = group_table(algorithm, group)
+        parts = [(key, s.table, False, s.position) for key, s in shards.items()]
+        table = self._open(name)
+        if table is None:
+            self._append(name, parts)
             return
         seq = self._next_seq(name, table)
-        if upserts is not None and upserts.num_rows:
-            if name not in self._positioned:
-                self._ensure_position_columns(table)
-                self._positioned.add(name)
-            merge = table.merge_insert("key").when_matched_update_all().when_not_matched_insert_all()
-            if changes.deletes:
-                # Same commit as the upserts: a crash cannot leave one without the other.
-                merge = merge.when_not_matched_by_source_delete(_key_in(changes.deletes))
-            merge.execute(_with_position(upserts, seq, position))
-        elif changes.deletes:
-            table.delete(_key_in(changes.deletes))
+        rows = pa.concat_tables([_stamped(t, key, deleted, seq, pos) for key, t, deleted, pos in parts])
+        # New rows never match (their _seq is new); a replaced shard's old rows are not in
+        # the source, so they are deleted — in the same commit as the new rows land.
+        (table.merge_insert([SHARD_COLUMN, "key", SEQ_COLUMN]).when_not_matched_insert_all()
+         .when_not_matched_by_source_delete(f"{SHARD_COLUMN} IN ({_quoted(list(shards))})").execute(rows))  # fmt: skip
+        self._seq[name] = seq
+        self._touched.add(name)
+
+    def _append(self, name: str, parts: list[tuple[str, pa.Table, bool, Position | None]]) -> None:
+        table = self._open(name)
+        seq = self._next_seq(name, table) if table is not None else 1
+        rows = pa.concat_tables([_stamped(t, key, deleted, seq, pos) for key, t, deleted, pos in parts])
+        if table is None:
+            self._db.create_table(name, rows)
+        else:
+            table.add(rows)
         self._seq[name] = seq
         self._touched.add(name)
 
     def _next_seq(self, name: str, table: lancedb.table.Table) -> int:
         if name not in self._seq:
-            self._seq[name] = _split_position(table.to_arrow())[1]
+            seqs = table.search().select([SEQ_COLUMN]).limit(None).to_arrow().column(SEQ_COLUMN)
+            self._seq[name] = int(pc.max(seqs).as_py() or 0) if len(seqs) else 0
         return self._seq[name] + 1
 
-    @staticmethod
-    def _ensure_position_columns(table: lancedb.table.Table) -> None:
-        """Tables written before positions existed get the (null) columns once."""
-        missing = {f.name: f"CAST(NULL AS {'string' if f.type == pa.string() else 'bigint'})"
-                   for f in _POSITION_FIELDS if f.name not in table.schema.names}
-        if missing:
-            table.add_columns(missing)
-
-    def replace(self, algorithm: str, shard_key: str, table: pa.Table, position: Position | None = None) -> None:
-        """Swap a shard's whole contents for ``table`` in one commit (used by replay);
-        ``position`` is the last event the new contents include."""
-        name = table_name(algorithm, shard_key)
-        self._db.create_table(name, _with_position(table, 1, position), mode="overwrite")
-        self._seq[name] = 1
-        self._touched.add(name)
-
-    def drop(self, algorithm: str, shard_key: str) -> None:
-        name = table_name(algorithm, shard_key)
-        if name in self._names():
-            self._db.drop_table(name)
-
     def compact(self) -> int:
-        """Merge the small fragments written since the last call; returns tables done."""
+        """Tables written since the last call: rewritten without superseded rows when
+        they are a good part of them, then their small files merged. Returns tables done."""
         done = 0
         for name in sorted(self._touched):
             try:
-                self._db.open_table(name).optimize(cleanup_older_than=timedelta(minutes=10))
+                table = self._db.open_table(name)
+                rows = table.to_arrow()
+                kept = _compacted(rows)
+                if rows.num_rows - kept.num_rows > REWRITE_SUPERSEDED_SHARE * rows.num_rows:
+                    table = self._db.create_table(name, kept, mode="overwrite")
+                table.optimize(cleanup_older_than=timedelta(minutes=10))
                 done += 1
             except (FileNotFoundError, ValueError) as exc:
                 log.warning("compaction of %s skipped: %s", name, exc)
         self._touched.clear()
         return done
 
-    def version(self, algorithm: str, shard_key: str) -> int:
-        return int(self._db.open_table(table_name(algorithm, shard_key)).version)
+    def version(self, algorithm: str, group: str) -> int:
+        return int(self._db.open_table(group_table(algorithm, group)).version)
 
 
-def _key_in(keys: list[str]) -> str:
-    quoted = ", ".join("'" + k.replace("'", "''") + "'" for k in keys)
-    return f"key IN ({quoted})"
+# -- rows ------------------------------------------------------------------------------------
+
+
+def _quoted(keys: list[str]) -> str:
+    return ", ".join("'" + k.replace("'", "''") + "'" for k in keys)
+
+
+def _tombstones(keys: list[str], schema: pa.Schema) -> pa.Table:
+    """Rows that say "deleted" for ``keys``: the key, and empty values for the algorithm's
+    columns (zeros in fixed-size vectors: LanceDB refuses null vectors on a rewrite)."""
+    n = len(keys)
+    return pa.table([pa.array(keys, f.type) if f.name == "key" else _empty(f.type, n) for f in schema], schema=schema)
+
+
+def _empty(kind: pa.DataType, n: int) -> pa.Array:
+    if pa.types.is_fixed_size_list(kind):
+        return pa.FixedSizeListArray.from_arrays(pa.array([0] * (n * kind.list_size), kind.value_type), kind.list_size)
+    return pa.nulls(n, kind)
+
+
+def _stamped(table: pa.Table, key: str, deleted: bool, seq: int, position: Position | None) -> pa.Table:
+    """``table`` plus the bookkeeping columns, the same values on every row."""
+    n = table.num_rows
+    values = [key, deleted, seq, position.source if position else None, position.offset if position else None]
+    for field, value in zip(_BOOKKEEPING, values, strict=True):
+        table = table.append_column(field, pa.array([value] * n, field.type))
+    return table
+
+
+def _newest(rows: pa.Table) -> pa.Table:
+    """The newest row of each (shard, key), sorted by shard and key."""
+    if rows.num_rows == 0:
+        return rows
+    rows = rows.take(pc.sort_indices(rows, [(SHARD_COLUMN, "ascending"), ("key", "ascending"), (SEQ_COLUMN, "descending")]))
+    shard, key = rows.column(SHARD_COLUMN), rows.column("key")
+    changed = pc.or_(pc.not_equal(shard.slice(1), shard.slice(0, len(shard) - 1)), pc.not_equal(key.slice(1), key.slice(0, len(key) - 1)))
+    first = pa.concat_arrays([pa.array([True]), pc.fill_null(changed, True).combine_chunks()])
+    return rows.filter(first)
+
+
+def _by_shard(newest: pa.Table) -> dict[str, Stored]:
+    """Per shard: its live rows in the algorithm's schema, and the position of its last write."""
+    out: dict[str, Stored] = {}
+    if newest.num_rows == 0:
+        return out
+    shards = newest.column(SHARD_COLUMN)
+    start = 0
+    for run in _runs(shards):
+        part = newest.slice(start, run - start)
+        start = run
+        key = part.column(SHARD_COLUMN)[0].as_py()
+        seqs = part.column(SEQ_COLUMN)
+        last = int(pc.index(seqs, pc.max(seqs)).as_py())
+        source, offset = part.column(SOURCE_COLUMN)[last].as_py(), part.column(OFFSET_COLUMN)[last].as_py()
+        live = part.filter(pc.invert(part.column(DELETED_COLUMN))).drop_columns(_BOOKKEEPING_NAMES)
+        position = Position(source, int(offset)) if source is not None and offset is not None else None
+        if live.num_rows or position is not None:
+            out[key] = Stored(live, position)
+    return out
+
+
+def _runs(values: pa.ChunkedArray) -> list[int]:
+    """End indices of the runs of equal values in sorted ``values``."""
+    arr = values.combine_chunks()
+    changed = pc.not_equal(arr.slice(1), arr.slice(0, len(arr) - 1))
+    ends = pc.indices_nonzero(changed).to_pylist()
+    return [i + 1 for i in ends] + [len(arr)]
+
+
+def _compacted(rows: pa.Table) -> pa.Table:
+    """A table's live contents: the newest row per (shard, key), and a tombstone only
+    where it is its shard's last write (the row that carries the shard's position)."""
+    newest = _newest(rows)
+    if newest.num_rows == 0:
+        return newest
+    last = newest.group_by(SHARD_COLUMN, use_threads=False).aggregate([(SEQ_COLUMN, "max")])
+    shard_last = pc.take(last.column(f"{SEQ_COLUMN}_max"), pc.index_in(newest.column(SHARD_COLUMN), last.column(SHARD_COLUMN)))
+    keep = pc.or_(pc.invert(newest.column(DELETED_COLUMN)), pc.equal(newest.column(SEQ_COLUMN), shard_last))
+    return newest.filter(keep)
+
+
+def _legacy_stored(raw: pa.Table) -> Stored:
+    """A shard table of an older release: rows with the last write's position on them."""
+    old = ["_seq", "_source", "_offset"]
+    learned = raw.drop_columns([c for c in old if c in raw.column_names])
+    if "_seq" not in raw.column_names or raw.num_rows == 0 or raw.column("_seq").null_count == raw.num_rows:
+        return Stored(learned, None)
+    seqs = raw.column("_seq")
+    last = int(pc.index(seqs, pc.max(seqs)).as_py())
+    source, offset = raw.column("_source")[last].as_py(), raw.column("_offset")[last].as_py()
+    return Stored(learned, Position(source, int(offset)) if source is not None and offset is not None else None)

@@ -16,7 +16,7 @@ from schemas.errors import ReplayError
 from schemas.events import RawEvent, decode_scored, encode
 from streams.replay import parse_shards, parse_since, replay
 from streams.scoring import ScoringService
-from streams.store import ShardStore, position_source
+from streams.store import Position, ShardStore, position_source
 from tests.factories import event, fleet_stream
 from tests.processes import RULELESS, drain, ruleless_process
 
@@ -44,9 +44,9 @@ def publish(settings: Settings, events: list[RawEvent], timestamp_ms: int | None
 
 
 def learned(store: ShardStore, algorithm: str, key: str) -> list[dict[str, object]]:
-    table = store.load(algorithm, key)
-    assert table is not None, key
-    return table.sort_by("key").to_pylist()
+    stored = store.find(algorithm, key)
+    assert stored is not None, key
+    return stored.table.sort_by("key").to_pylist()
 
 
 def offline(settings: Settings, events: list[RawEvent], path: Path) -> ScoringService:
@@ -64,7 +64,8 @@ def test_replay_rebuilds_every_shard_as_offline_scoring_learns_it(topics: Settin
     partitions = publish(topics, events)
     store = ShardStore(topics.lancedb.uri)
     stale = ScoringService(topics, store=store)  # an old baseline of one shard, to be replaced
-    stale.score([event(ts=1.0, org_id=events[0].org_id, workload=events[0].workload, cmdline="old stuff")])
+    old_stuff = event(ts=1.0, org_id=events[0].org_id, workload=events[0].workload, cmdline="old stuff")
+    stale.score_new([old_stuff], [Position(position_source(topics.topics.raw, partitions[old_stuff.shard_key]), 0)])
     stale.flush()
 
     summary = replay(topics)
@@ -77,11 +78,12 @@ def test_replay_rebuilds_every_shard_as_offline_scoring_learns_it(topics: Settin
     assert sorted(summary.written) == keys
     for key in keys:
         assert learned(store, algorithm, key) == learned(expected.store, algorithm, key), key
-        loaded = store.load_with_position(algorithm, key)
-        assert loaded is not None and loaded[1] is not None
+        # Stored in the group of the partition the worker reads it from
+        loaded = store.load_one(algorithm, f"{topics.topics.raw}/{partitions[key]}", key)
+        assert loaded is not None and loaded.position is not None
         # (the worker's own form, with the raw topic's id: it skips exactly this)
         incarnation = topic_incarnation(topics.kafka, topics.topics.raw)
-        assert loaded[1].source == position_source(topics.topics.raw, partitions[key], incarnation) == \
+        assert loaded.position.source == position_source(topics.topics.raw, partitions[key], incarnation) == \
             f"{topics.topics.raw}/{partitions[key]}#{incarnation}"
 
 
@@ -89,15 +91,16 @@ def test_replay_of_selected_shards_from_a_time_leaves_the_others(topics: Setting
     events = fleet_stream(pairs=5, per_pair=300, seed=12)
     cut = time.time() - 3600
     old, new = events[: len(events) // 2], events[len(events) // 2 :]
-    publish(topics, old, timestamp_ms=int((cut - 600) * 1000), junk=False)
+    partitions = publish(topics, old, timestamp_ms=int((cut - 600) * 1000), junk=False)
     publish(topics, new, timestamp_ms=int((cut + 600) * 1000), junk=False)
     keys = sorted({e.shard_key for e in events})
     chosen, untouched = set(keys[:2]), keys[2]
     store = ShardStore(topics.lancedb.uri)
     algorithm = topics.engine.algorithm
     before = offline(topics, [e for e in events if e.shard_key == untouched], tmp_path / "x")
-    store.replace(algorithm, untouched, before.store.load(algorithm, untouched))  # type: ignore[arg-type]
-    version = store.version(algorithm, untouched)
+    group = f"{topics.topics.raw}/{partitions[untouched]}"
+    store.replace(algorithm, group, {untouched: before.store.find(algorithm, untouched)})  # type: ignore[dict-item]
+    baseline = learned(store, algorithm, untouched)
 
     summary = replay(topics, since=cut, shards=chosen)
 
@@ -108,7 +111,7 @@ def test_replay_of_selected_shards_from_a_time_leaves_the_others(topics: Setting
     expected = offline(topics, [e for e in new if e.shard_key in chosen], tmp_path / "offline")
     for key in chosen:
         assert learned(store, algorithm, key) == learned(expected.store, algorithm, key)
-    assert store.version(algorithm, untouched) == version
+    assert learned(store, algorithm, untouched) == baseline
 
 
 def test_workers_resume_on_the_rebuilt_baseline_where_their_group_stopped(topics: Settings, tmp_path: Path) -> None:

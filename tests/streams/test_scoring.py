@@ -55,14 +55,13 @@ def test_position_is_written_with_the_learning_in_one_commit(tmp_path: Path) -> 
     key = events[0].shard_key
     svc.score_new(events[:100], [Position("raw/3", i) for i in range(100)])
     svc.flush()
-    version = svc.store.version(svc.algorithm, key)
+    version = svc.store.version(svc.algorithm, "raw/3")
     svc.score_new(events[100:], [Position("raw/3", i) for i in range(100, 200)])
     svc.flush()
-    assert svc.store.version(svc.algorithm, key) == version + 1
-    table, position = svc.store.load_with_position(svc.algorithm, key)  # type: ignore[misc]
-    assert position == Position("raw/3", 199)
-    assert not any(name.startswith("_") for name in table.column_names)
-    assert svc.store.load(svc.algorithm, key).num_rows == table.num_rows  # type: ignore[union-attr]
+    assert svc.store.version(svc.algorithm, "raw/3") == version + 1
+    stored = svc.store.load_one(svc.algorithm, "raw/3", key)
+    assert stored is not None and stored.position == Position("raw/3", 199)
+    assert not any(name.startswith("_") for name in stored.table.column_names)
 
 
 def test_another_partition_or_topic_is_never_skipped() -> None:
@@ -94,7 +93,7 @@ def test_a_position_of_another_topic_incarnation_is_discarded_not_trusted(tmp_pa
     assert skipped == 0 and len(scored) == 200
     assert after.positions_discarded == 1
     after.flush()
-    assert after.store.load_with_position(after.algorithm, events[0].shard_key)[1] == Position(new, 199)  # type: ignore[index]
+    assert after.store.load_one(after.algorithm, "raw/0", events[0].shard_key).position == Position(new, 199)  # type: ignore[union-attr]
 
 
 def test_an_unreadable_shard_is_refused_loudly_never_taken_as_empty(tmp_path: Path) -> None:
@@ -102,20 +101,21 @@ def test_an_unreadable_shard_is_refused_loudly_never_taken_as_empty(tmp_path: Pa
     baseline, then an alert storm. Its events are now refused (the worker dead-letters
     them), the other shards are scored, and offline scoring stops with the reason."""
     from schemas.errors import ShardUnreadable
-    from streams.store import table_name
+    from streams.store import group_table
 
     events = fleet_stream(pairs=2, per_pair=100, seed=4)
     keys = sorted({e.shard_key for e in events})
-    first = service(tmp_path)
-    first.score_new(events, [Position("raw/0", i) for i in range(len(events))])
-    first.flush()
     broken = keys[0]
-    for data in (tmp_path / f"{table_name(first.algorithm, broken)}.lance" / "data").iterdir():
+    first = service(tmp_path)
+    # The broken shard's partition holds only it.
+    first.score_new(events, [Position("raw/0" if e.shard_key == broken else "raw/1", i) for i, e in enumerate(events)])
+    first.flush()
+    for data in (tmp_path / f"{group_table(first.algorithm, 'raw/0')}.lance" / "data").iterdir():
         data.write_bytes(b"not a lance file")
 
     later = fleet_stream(pairs=2, per_pair=10, seed=5)
     after = service(tmp_path)
-    scored, skipped = after.score_new(later, [Position("raw/0", 1000 + i) for i in range(len(later))])
+    scored, skipped = after.score_new(later, [Position("raw/0" if e.shard_key == broken else "raw/1", 1000 + i) for i, e in enumerate(later)])
     refused = after.take_refused()
     assert skipped == 0
     assert {e.shard_key for e, _ in refused} == {broken} and all("cannot be read" in why for _, why in refused)
@@ -134,7 +134,7 @@ def test_a_stale_owner_writes_nothing_once_a_newer_owner_claimed_its_partition(t
     assert stale.flush() > 0 and stale.take_fenced() == []
 
     fresh.claim(["raw/0"], "fresh")  # a rebalance gave partition 0 to a new owner
-    before = {key: fresh.store.version(fresh.algorithm, key) for key in stale.partition_of}
+    before = {src: fresh.store.version(fresh.algorithm, src) for src in ("raw/0", "raw/1")}
     stale.score_new(events[300:], positions[300:])
     written = stale.flush()
 
@@ -143,9 +143,9 @@ def test_a_stale_owner_writes_nothing_once_a_newer_owner_claimed_its_partition(t
     assert fenced and set(fenced) == on_0, "every shard of the claimed partition is refused, only those"
     assert stale.lost == {"raw/0"}
     assert written == len(stale.partition_of) - len(on_0)
-    after = {key: fresh.store.version(fresh.algorithm, key) for key in before}
-    assert all(after[key] == before[key] for key in on_0), "a refused write reached LanceDB"
-    assert all(after[key] > before[key] for key in before if key not in on_0)
+    after = {src: fresh.store.version(fresh.algorithm, src) for src in before}
+    assert after["raw/0"] == before["raw/0"], "a refused write reached LanceDB"
+    assert after["raw/1"] == before["raw/1"] + 1, "the partition still held was written, in one commit"
 
 
 def test_claims_count_up_and_the_latest_claim_wins(tmp_path: Path) -> None:

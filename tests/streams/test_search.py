@@ -13,6 +13,6 @@ def test_search_finds_learned_behaviours_in_both_algorithms(tmp_path: Path) -> N
         svc.score(events)
         svc.flush()
     hits = search(str(tmp_path), "logrotate /etc/logrotate.d/nginx", limit=50)
-    assert any(h.table.startswith("seed__") and "logrotate" in h.behaviour and h.similarity > 0.5 for h in hits)
-    assert any(h.table.startswith("evidence__") and "logrotate" in h.behaviour for h in hits)
+    assert any(h.algorithm == "seed" and "logrotate" in h.behaviour and h.similarity > 0.5 for h in hits)
+    assert any(h.algorithm == "evidence" and "logrotate" in h.behaviour for h in hits)
     assert search(str(tmp_path), "", limit=5) == []

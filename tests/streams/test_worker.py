@@ -88,11 +88,10 @@ def test_sigterm_stops_the_worker_promptly_with_its_learning_stored(topics: Sett
         assert proc.wait(30) == 0
         stopped_in = time.monotonic() - started
     assert stopped_in < 15, f"worker took {stopped_in:.1f}s to stop"
-    loaded = ShardStore(slow.lancedb.uri).load_with_position(slow.engine.algorithm, events[0].shard_key)
+    loaded = ShardStore(slow.lancedb.uri).find(slow.engine.algorithm, events[0].shard_key)
     assert loaded is not None
-    table, position = loaded
-    assert position is not None and position.offset == len(events) - 1
-    assert table.num_rows > 1
+    assert loaded.position is not None and loaded.position.offset == len(events) - 1
+    assert loaded.table.num_rows > 1
 
 
 def test_idle_shards_are_dropped_from_memory_and_reload_exactly(topics: Settings, tmp_path: Path) -> None:
@@ -143,7 +142,7 @@ def test_learning_is_never_stored_ahead_of_undelivered_outputs(settings: Setting
         agent._snapshot()
     with pytest.raises(ServiceError, match="not delivered"):
         agent._score_and_publish(events[10:], positions[10:], [])
-    assert ShardStore(nowhere.lancedb.uri).load_with_position(nowhere.engine.algorithm, events[0].shard_key) is None
+    assert ShardStore(nowhere.lancedb.uri).find(nowhere.engine.algorithm, events[0].shard_key) is None
 
 
 def test_faust_consumer_waits_on_fetches_as_configured(settings: Settings) -> None:
