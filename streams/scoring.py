@@ -175,6 +175,9 @@ class ScoringService:
             log.warning("shard %s can be read again", key)
         shard = self.engine.algorithm.load_shard(stored.table) if stored is not None else None
         self.engine.install(key, shard)
+        # Loaded because an event needs it: active now, even when every event it gets is
+        # one it already learned (skipped: they do not count as activity below).
+        self.last_active[key] = time.monotonic()
         self.positions.pop(key, None)
         position = stored.position if stored is not None else None
         if position is not None:

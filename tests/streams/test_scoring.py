@@ -157,3 +157,21 @@ def test_claims_count_up_and_the_latest_claim_wins(tmp_path: Path) -> None:
     assert store.holds({"raw/0": 1, "raw/1": 1}, "a") == {"raw/0"}
     assert store.holds({"raw/1": 2}, "b") == {"raw/1"}
     assert store.holds({"raw/1": 2}, "a") == set(), "the generation alone is not the claim: the owner must match"
+
+
+def test_a_shard_loaded_for_events_it_already_learned_is_not_idle(tmp_path: Path) -> None:
+    """A new owner re-reading a partition skips what its shards learned; the shards it
+    loaded for that were taken for idle and evicted right away — and loaded again for
+    the next batch, and the next (the soak run's replacement worker did this for 1,000
+    shards per batch)."""
+    import time
+
+    events = fleet_stream(pairs=3, per_pair=100, seed=8)
+    positions = [Position("raw/0", i) for i in range(len(events))]
+    first = service(tmp_path)
+    first.score_new(events, positions)
+    first.flush()
+    second = service(tmp_path)
+    before = time.monotonic()
+    assert second.score_new(events[:150], positions[:150]) == ([], 150)
+    assert second.idle_since(before) == []
