@@ -24,6 +24,8 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import pyarrow as pa
+
 from ruleless.settings import Settings
 from schemas.errors import ShardUnreadable
 from schemas.events import RawEvent, ScoredEvent
@@ -169,6 +171,9 @@ class ScoringService:
                 continue
             for key in members:
                 self._install(key, stored.get(key))
+            del stored
+        if by_group:
+            pa.default_memory_pool().release_unused()  # (the rows read: back to the OS)
 
     def _install(self, key: str, stored: Stored | None) -> None:
         if self.unreadable.pop(key, None) is not None:

@@ -65,6 +65,10 @@ _BOOKKEEPING_NAMES = [f.name for f in _BOOKKEEPING]
 
 # A table is rewritten by compact() once superseded rows are this share of it.
 REWRITE_SUPERSEDED_SHARE = 0.3
+# compact(every=False) takes a table once the rows appended since it was last compacted
+# outnumber its live rows, and at least this many: a log at most about twice its
+# contents, so reading a partition's shards never costs more than twice their size.
+GROWN_MIN_ROWS = 50_000
 
 
 def position_source(topic: str, partition: int, incarnation: str = "") -> str:
@@ -140,6 +144,10 @@ class ShardStore:
         self._seq: dict[str, int] = {}
         # Shard tables of older releases still to be moved into their group (listed once).
         self._legacy: set[str] | None = None
+        # Per table written here: rows it held after its last compaction (or when first
+        # written here), and rows appended since.
+        self._live: dict[str, int] = {}
+        self._appended: dict[str, int] = {}
 
     # -- ownership (fencing) -------------------------------------------------------------
 
@@ -282,8 +290,11 @@ class ShardStore:
         rows = pa.concat_tables([_stamped(t, key, deleted, seq, pos) for key, t, deleted, pos in parts])
         if table is None:
             self._db.create_table(name, rows)
+            self._live.setdefault(name, 0)
         else:
+            self._live.setdefault(name, table.count_rows())
             table.add(rows)
+        self._appended[name] = self._appended.get(name, 0) + rows.num_rows
         self._seq[name] = seq
         self._touched.add(name)
 
@@ -293,11 +304,15 @@ class ShardStore:
             self._seq[name] = int(pc.max(seqs).as_py() or 0) if len(seqs) else 0
         return self._seq[name] + 1
 
-    def compact(self) -> int:
-        """Tables written since the last call: rewritten without superseded rows when
-        they are a good part of them, then their small files merged. Returns tables done."""
+    def compact(self, every: bool = True) -> int:
+        """Rewrite tables without their superseded rows when those are a good part of
+        them, and merge their small files. ``every``: each table written since the last
+        such call (the periodic maintenance); otherwise only tables whose log has grown
+        past their contents (see GROWN_MIN_ROWS: cheap to call after every flush).
+        Returns tables done."""
+        names = sorted(self._touched) if every else [n for n in sorted(self._appended) if self._grown(n)]
         done = 0
-        for name in sorted(self._touched):
+        for name in names:
             try:
                 table = self._db.open_table(name)
                 rows = table.to_arrow()
@@ -305,11 +320,19 @@ class ShardStore:
                 if rows.num_rows - kept.num_rows > REWRITE_SUPERSEDED_SHARE * rows.num_rows:
                     table = self._db.create_table(name, kept, mode="overwrite")
                 table.optimize(cleanup_older_than=timedelta(minutes=10))
+                self._live[name], self._appended[name] = kept.num_rows, 0
+                del rows, kept
                 done += 1
             except (FileNotFoundError, ValueError) as exc:
                 log.warning("compaction of %s skipped: %s", name, exc)
-        self._touched.clear()
+        if every:
+            self._touched.clear()
+        if done:
+            pa.default_memory_pool().release_unused()  # (a rewrite's buffers: back to the OS)
         return done
+
+    def _grown(self, name: str) -> bool:
+        return self._appended.get(name, 0) >= max(self._live.get(name, 0), GROWN_MIN_ROWS)
 
     def version(self, algorithm: str, group: str) -> int:
         return int(self._db.open_table(group_table(algorithm, group)).version)

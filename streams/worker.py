@@ -343,9 +343,6 @@ class ScoringAgent:
         loop = asyncio.get_running_loop()
         try:
             shards = await loop.run_in_executor(self.writer, self.service.write, pending)
-            if compact:
-                tables = await loop.run_in_executor(self.writer, self.service.store.compact)
-                log.info("maintenance: compacted %d tables", tables)
         except Exception:
             self.failed = True  # acking now would skip events whose learning is not stored
             raise
@@ -362,7 +359,19 @@ class ScoringAgent:
         self.metrics.shards.set(len(self.service.engine.shards))
         if shards:
             log.debug("flushed %d shards, acked %d events", shards, len(done))
+        await self._compact(compact)
         return fenced
+
+    async def _compact(self, every: bool) -> None:
+        """(after the acks: it does not hold them up) Every table at maintenance; at other
+        flushes those whose change log outgrew their contents."""
+        try:
+            tables = await asyncio.get_running_loop().run_in_executor(self.writer, self.service.store.compact, every)
+        except Exception:
+            self.failed = True
+            raise
+        if every or tables:
+            log.info("compacted %d tables%s", tables, " (maintenance)" if every else " (change logs outgrew their contents)")
 
     def _evict_idle_now(self, before: float) -> list[str]:
         """(engine thread, so no feedback can land between the check and the eviction)"""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from ruleless.settings import load_settings
 from streams.scoring import ScoringService
 from streams.store import OFFLINE, ShardStore, group_table
@@ -117,3 +119,21 @@ def test_shards_of_the_one_table_per_shard_layout_are_moved_into_their_group_onc
     assert skipped == 50, "the moved positions are trusted"
     assert got + [s.score for s in scored] == expected
     assert not [n for n in db.list_tables().tables if not n.startswith(("shards.", "_"))], "the old tables are dropped"
+
+
+def test_a_change_log_that_outgrew_its_contents_is_compacted_between_maintenances(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams import store as store_module
+
+    monkeypatch.setattr(store_module, "GROWN_MIN_ROWS", 500)
+    svc = service(tmp_path)
+    events = fleet_stream(pairs=4, per_pair=400, seed=5)
+    table = group_table(svc.algorithm, OFFLINE)
+    compacted = 0
+    for i in range(0, len(events), 50):
+        svc.score(events[i : i + 50])
+        svc.flush()
+        compacted += svc.store.compact(every=False)
+        rows = svc.store._db.open_table(table).count_rows()
+        live = sum(len(s) + 1 for s in svc.engine.shards.values())  # (+ each shard's meta row)
+        assert rows <= 2 * max(live, 500) + 50 * 3, "the log stays within about twice its contents"
+    assert compacted > 0
