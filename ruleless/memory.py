@@ -1,0 +1,35 @@
+"""Native memory of long-lived processes that read and rewrite large Arrow tables.
+
+The worker loads a partition's shards and rewrites its change log (streams.store) as
+large Arrow tables, over and over. With Arrow's default allocator (mimalloc) and glibc's
+default of one malloc arena per thread, the memory those tables freed stayed with the
+process: in a 1,000-shard probe the worker's RSS settled ~250 MiB higher with
+compaction than without; with the system allocator and two arenas, ~30 MiB.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+_M_ARENA_MAX = -8  # (glibc's mallopt parameter)
+ARENAS = 2
+
+
+def return_freed_memory() -> None:
+    """Allocate Arrow buffers with malloc, from at most ARENAS arenas, so that what a
+    table freed can go back to the OS (``pa.default_memory_pool().release_unused()``
+    then trims). Call early: arenas already made are kept."""
+    pa.set_memory_pool(pa.system_memory_pool())
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        if libc.mallopt(_M_ARENA_MAX, ARENAS) != 1:
+            log.debug("mallopt(M_ARENA_MAX) refused")
+    except (OSError, AttributeError):
+        log.debug("no glibc here: malloc arenas left as they are")
