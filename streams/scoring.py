@@ -223,7 +223,6 @@ class ScoringService:
         written = 0
         holding: set[str] = set()
         checked = float("-inf")
-        schema = self.engine.algorithm.schema()
         for group, shards in by_group.items():
             if self.fence is not None:
                 if time.monotonic() - checked > RECHECK_CLAIMS_S:
@@ -233,7 +232,7 @@ class ScoringService:
                 if group not in holding:
                     self._fenced.extend(shards)
                     continue
-            self.store.write(self.algorithm, schema, group, shards)
+            self.store.write(self.algorithm, group, shards)
             written += len(shards)
         return written
 

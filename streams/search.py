@@ -3,8 +3,7 @@
 Seed shards hold hashed vectors: the query is embedded with the same hashing (as the
 article's NL search did, so only words that appear in command lines can match) and the
 nearest behaviours are returned. Evidence shards hold normalised observations: the query
-words are matched against them. Reads go to LanceDB directly; no worker is involved. A behaviour learned again since
-it was last compacted can show an older count.
+words are matched against them. Reads go to LanceDB directly; no worker is involved.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import numpy as np
 from schemas.events import RawEvent
 from streams.featurize import seed_tokens, seed_vector
 from streams.normalize import normalize_token
-from streams.store import DELETED_COLUMN, GROUP_PREFIX, SHARD_COLUMN
+from streams.store import GROUP_PREFIX, SHARD_COLUMN
 
 
 @dataclass(frozen=True)
@@ -34,9 +33,7 @@ def search(uri: str, text: str, limit: int = 20, shard_prefix: str = "", dims: i
     """Behaviours most like ``text`` over every shard (optionally those whose key starts
     with ``shard_prefix``, e.g. "acme/web")."""
     db = lancedb.connect(uri)
-    live = f"NOT {DELETED_COLUMN}"
-    if shard_prefix:
-        live += f" AND starts_with({SHARD_COLUMN}, '{_quoted(shard_prefix)}')"
+    scope = f"starts_with({SHARD_COLUMN}, '{_quoted(shard_prefix)}')" if shard_prefix else "true"
     hits: list[Hit] = []
     for name in db.list_tables().tables:
         if not name.startswith(GROUP_PREFIX):
@@ -44,10 +41,10 @@ def search(uri: str, text: str, limit: int = 20, shard_prefix: str = "", dims: i
         algorithm = name[len(GROUP_PREFIX):].split(".", 1)[0]
         table = db.open_table(name)
         if algorithm == "seed":
-            hits += _seed_hits(table, text, limit, dims, live)
+            hits += _seed_hits(table, text, limit, dims, scope)
         elif algorithm == "evidence":
-            hits += _evidence_hits(table, text, limit, live)
-    # A table is a change log (streams.store): keep one hit per behaviour of a shard.
+            hits += _evidence_hits(table, text, limit, scope)
+    # (one hit per behaviour of a shard: the nearest rows can repeat a behaviour's text)
     best: dict[tuple[str, str, str], Hit] = {}
     for hit in sorted(hits, key=lambda h: (-h.similarity, -h.count)):
         best.setdefault((hit.algorithm, hit.shard, hit.behaviour), hit)
@@ -58,22 +55,22 @@ def _quoted(text: str) -> str:
     return text.replace("'", "''")
 
 
-def _seed_hits(table: lancedb.table.Table, text: str, limit: int, dims: int, live: str) -> list[Hit]:
+def _seed_hits(table: lancedb.table.Table, text: str, limit: int, dims: int, scope: str) -> list[Hit]:
     probe = RawEvent(ts=0, org_id="q", workload="q", cmdline=text)
     # Only the command-line positions: the query has no process/parent/ports.
     vec = seed_vector([""] * 5 + seed_tokens(probe)[5:], dims)
     if not vec.any():
         return []
-    rows = table.search(vec.astype(np.float32)).metric("cosine").where(f"key != '__meta__' AND {live}", prefilter=True).limit(limit * 3).to_list()
+    rows = table.search(vec.astype(np.float32)).metric("cosine").where(f"key != '__meta__' AND {scope}", prefilter=True).limit(limit * 3).to_list()
     return [Hit("seed", r[SHARD_COLUMN], r["exemplar"], int(r["count"]), float(r["last_ts"]), 1.0 - float(r["_distance"])) for r in rows]
 
 
-def _evidence_hits(table: lancedb.table.Table, text: str, limit: int, live: str) -> list[Hit]:
+def _evidence_hits(table: lancedb.table.Table, text: str, limit: int, scope: str) -> list[Hit]:
     words = [normalize_token(w) for w in text.split() if w]
     if not words:
         return []
     clause = " OR ".join(f"value LIKE '%{_quoted(w)}%'" for w in words)
-    rows = table.search().where(f"kind IN ('args', 'prog') AND {live} AND ({clause})").limit(limit * 5).to_list()
+    rows = table.search().where(f"kind IN ('args', 'prog') AND {scope} AND ({clause})").limit(limit * 5).to_list()
     out = []
     for r in rows:
         matched = sum(w in r["value"] for w in words) / len(words)

@@ -7,10 +7,10 @@ costs one LanceDB commit per partition with changes, however many shards changed
 (issue 17: one commit per shard made a flush of 1,000 shards take longer than its
 interval). Offline scoring uses the group :data:`OFFLINE`.
 
-A group table is an append-only change log: a flush appends each changed row once,
-stamped with the write's sequence number (``_seq``), and a deleted key as a tombstone row
-(``_deleted``). Reading a shard keeps the newest row per key. :meth:`ShardStore.compact`
-rewrites a table without its superseded rows when they are a good part of it.
+A flush writes each changed shard's rows into its group in one ``merge_insert`` per
+group (upserts by shard and key, expired keys deleted in the same commit): ~50 ms for a
+6,000-row flush into a 500,000-row table here, against ~7-16 ms per shard before.
+:meth:`ShardStore.compact` merges a table's small files and deletion files periodically.
 
 Every write also records each shard's *position*: the input partition and offset of the
 last event its learning includes (issue 5). The position travels on the shard's rows in
@@ -50,26 +50,16 @@ OFFLINE = "offline"
 
 # Bookkeeping columns the store adds to every algorithm's rows (never seen by algorithms).
 SHARD_COLUMN = "_shard"
-DELETED_COLUMN = "_deleted"
 SEQ_COLUMN = "_seq"
 SOURCE_COLUMN = "_source"
 OFFSET_COLUMN = "_offset"
 _BOOKKEEPING = [
     pa.field(SHARD_COLUMN, pa.string()),
-    pa.field(DELETED_COLUMN, pa.bool_()),
     pa.field(SEQ_COLUMN, pa.int64()),
     pa.field(SOURCE_COLUMN, pa.string()),
     pa.field(OFFSET_COLUMN, pa.int64()),
 ]
 _BOOKKEEPING_NAMES = [f.name for f in _BOOKKEEPING]
-
-# A table is rewritten by compact() once superseded rows are this share of it.
-REWRITE_SUPERSEDED_SHARE = 0.3
-# compact(every=False) takes a table once the rows appended since it was last compacted
-# outnumber its live rows, and at least this many: a log at most about twice its
-# contents, so reading a partition's shards never costs more than twice their size.
-GROWN_MIN_ROWS = 50_000
-
 
 def position_source(topic: str, partition: int, incarnation: str = "") -> str:
     """A Position's ``source``: "topic/partition", with "#incarnation" (the topic id) when
@@ -144,10 +134,6 @@ class ShardStore:
         self._seq: dict[str, int] = {}
         # Shard tables of older releases still to be moved into their group (listed once).
         self._legacy: set[str] | None = None
-        # Per table written here: rows it held after its last compaction (or when first
-        # written here), and rows appended since.
-        self._live: dict[str, int] = {}
-        self._appended: dict[str, int] = {}
 
     # -- ownership (fencing) -------------------------------------------------------------
 
@@ -255,46 +241,37 @@ class ShardStore:
 
     # -- writing -------------------------------------------------------------------------
 
-    def write(self, algorithm: str, schema: pa.Schema, group: str, shards: Mapping[str, tuple[Changes, Position | None]]) -> None:
-        """Append changed shards of one group in one commit: upserted rows, a tombstone per
-        deleted key, each shard's position on its rows. ``schema`` is the algorithm's."""
-        parts = []
-        for key, (changes, position) in shards.items():
-            if changes.upserts is not None and changes.upserts.num_rows:
-                parts.append((key, changes.upserts, False, position))
-            if changes.deletes:
-                parts.append((key, _tombstones(changes.deletes, schema), True, position))
-        if parts:
-            self._append(group_table(algorithm, group), parts)
+    def write(self, algorithm: str, group: str, shards: Mapping[str, tuple[Changes, Position | None]]) -> None:
+        """Apply changed shards of one group in one commit: upserts by (shard, key) with
+        each shard's position on its rows, and its expired keys deleted."""
+        upserts = {k: Stored(c.upserts, pos) for k, (c, pos) in shards.items() if c.upserts is not None and c.upserts.num_rows}
+        deletes = " OR ".join(f"({SHARD_COLUMN} = {_quoted([k])} AND key IN ({_quoted(c.deletes)}))"
+                              for k, (c, _) in shards.items() if c.deletes)
+        self._merge(group_table(algorithm, group), upserts, deletes)
 
     def replace(self, algorithm: str, group: str, shards: Mapping[str, Stored]) -> None:
-        """Swap shards' whole contents in one commit (replay): their older rows go."""
-        name = group_table(algorithm, group)
-        parts = [(key, s.table, False, s.position) for key, s in shards.items()]
+        """Swap shards' whole contents in one commit (replay): their other rows go."""
+        self._merge(group_table(algorithm, group), shards, f"{SHARD_COLUMN} IN ({_quoted(list(shards))})" if shards else "")
+
+    def _merge(self, name: str, shards: Mapping[str, Stored], delete: str) -> None:
+        """One commit: rows of ``shards`` upserted by (shard, key), stamped with a new
+        sequence number and their shard's position; target rows matching ``delete`` that
+        are not among them deleted."""
         table = self._open(name)
         if table is None:
-            self._append(name, parts)
+            if shards:
+                self._db.create_table(name, _rows(shards, 1))
+                self._seq[name] = 1
+                self._touched.add(name)
             return
         seq = self._next_seq(name, table)
-        rows = pa.concat_tables([_stamped(t, key, deleted, seq, pos) for key, t, deleted, pos in parts])
-        # New rows never match (their _seq is new); a replaced shard's old rows are not in
-        # the source, so they are deleted — in the same commit as the new rows land.
-        (table.merge_insert([SHARD_COLUMN, "key", SEQ_COLUMN]).when_not_matched_insert_all()
-         .when_not_matched_by_source_delete(f"{SHARD_COLUMN} IN ({_quoted(list(shards))})").execute(rows))  # fmt: skip
-        self._seq[name] = seq
-        self._touched.add(name)
-
-    def _append(self, name: str, parts: list[tuple[str, pa.Table, bool, Position | None]]) -> None:
-        table = self._open(name)
-        seq = self._next_seq(name, table) if table is not None else 1
-        rows = pa.concat_tables([_stamped(t, key, deleted, seq, pos) for key, t, deleted, pos in parts])
-        if table is None:
-            self._db.create_table(name, rows)
-            self._live.setdefault(name, 0)
-        else:
-            self._live.setdefault(name, table.count_rows())
-            table.add(rows)
-        self._appended[name] = self._appended.get(name, 0) + rows.num_rows
+        if shards:
+            merge = table.merge_insert([SHARD_COLUMN, "key"]).when_matched_update_all().when_not_matched_insert_all()
+            if delete:
+                merge = merge.when_not_matched_by_source_delete(delete)
+            merge.execute(_rows(shards, seq))
+        elif delete:
+            table.delete(delete)
         self._seq[name] = seq
         self._touched.add(name)
 
@@ -304,35 +281,18 @@ class ShardStore:
             self._seq[name] = int(pc.max(seqs).as_py() or 0) if len(seqs) else 0
         return self._seq[name] + 1
 
-    def compact(self, every: bool = True) -> int:
-        """Rewrite tables without their superseded rows when those are a good part of
-        them, and merge their small files. ``every``: each table written since the last
-        such call (the periodic maintenance); otherwise only tables whose log has grown
-        past their contents (see GROWN_MIN_ROWS: cheap to call after every flush).
-        Returns tables done."""
-        names = sorted(self._touched) if every else [n for n in sorted(self._appended) if self._grown(n)]
+    def compact(self) -> int:
+        """Merge the small files and deletions written since the last call into larger
+        files, drop versions older than 10 minutes; returns tables done."""
         done = 0
-        for name in names:
+        for name in sorted(self._touched):
             try:
-                table = self._db.open_table(name)
-                rows = table.to_arrow()
-                kept = _compacted(rows)
-                if rows.num_rows - kept.num_rows > REWRITE_SUPERSEDED_SHARE * rows.num_rows:
-                    table = self._db.create_table(name, kept, mode="overwrite")
-                table.optimize(cleanup_older_than=timedelta(minutes=10))
-                self._live[name], self._appended[name] = kept.num_rows, 0
-                del rows, kept
+                self._db.open_table(name).optimize(cleanup_older_than=timedelta(minutes=10))
                 done += 1
             except (FileNotFoundError, ValueError) as exc:
                 log.warning("compaction of %s skipped: %s", name, exc)
-        if every:
-            self._touched.clear()
-        if done:
-            pa.default_memory_pool().release_unused()  # (a rewrite's buffers: back to the OS)
+        self._touched.clear()
         return done
-
-    def _grown(self, name: str) -> bool:
-        return self._appended.get(name, 0) >= max(self._live.get(name, 0), GROWN_MIN_ROWS)
 
     def version(self, algorithm: str, group: str) -> int:
         return int(self._db.open_table(group_table(algorithm, group)).version)
@@ -345,30 +305,23 @@ def _quoted(keys: list[str]) -> str:
     return ", ".join("'" + k.replace("'", "''") + "'" for k in keys)
 
 
-def _tombstones(keys: list[str], schema: pa.Schema) -> pa.Table:
-    """Rows that say "deleted" for ``keys``: the key, and empty values for the algorithm's
-    columns (zeros in fixed-size vectors: LanceDB refuses null vectors on a rewrite)."""
-    n = len(keys)
-    return pa.table([pa.array(keys, f.type) if f.name == "key" else _empty(f.type, n) for f in schema], schema=schema)
+def _rows(shards: Mapping[str, Stored], seq: int) -> pa.Table:
+    """The shards' rows plus the bookkeeping columns (shard, sequence, position)."""
+    return pa.concat_tables([_stamped(stored.table, key, seq, stored.position) for key, stored in shards.items()])
 
 
-def _empty(kind: pa.DataType, n: int) -> pa.Array:
-    if pa.types.is_fixed_size_list(kind):
-        return pa.FixedSizeListArray.from_arrays(pa.array([0] * (n * kind.list_size), kind.value_type), kind.list_size)
-    return pa.nulls(n, kind)
-
-
-def _stamped(table: pa.Table, key: str, deleted: bool, seq: int, position: Position | None) -> pa.Table:
+def _stamped(table: pa.Table, key: str, seq: int, position: Position | None) -> pa.Table:
     """``table`` plus the bookkeeping columns, the same values on every row."""
     n = table.num_rows
-    values = [key, deleted, seq, position.source if position else None, position.offset if position else None]
+    values = [key, seq, position.source if position else None, position.offset if position else None]
     for field, value in zip(_BOOKKEEPING, values, strict=True):
         table = table.append_column(field, pa.array([value] * n, field.type))
     return table
 
 
 def _newest(rows: pa.Table) -> pa.Table:
-    """The newest row of each (shard, key), sorted by shard and key."""
+    """The newest row of each (shard, key), sorted by shard and key (a merge keeps one;
+    two writers in fencing's residual window could leave two)."""
     if rows.num_rows == 0:
         return rows
     rows = rows.take(pc.sort_indices(rows, [(SHARD_COLUMN, "ascending"), ("key", "ascending"), (SEQ_COLUMN, "descending")]))
@@ -392,10 +345,8 @@ def _by_shard(newest: pa.Table) -> dict[str, Stored]:
         seqs = part.column(SEQ_COLUMN)
         last = int(pc.index(seqs, pc.max(seqs)).as_py())
         source, offset = part.column(SOURCE_COLUMN)[last].as_py(), part.column(OFFSET_COLUMN)[last].as_py()
-        live = part.filter(pc.invert(part.column(DELETED_COLUMN))).drop_columns(_BOOKKEEPING_NAMES)
         position = Position(source, int(offset)) if source is not None and offset is not None else None
-        if live.num_rows or position is not None:
-            out[key] = Stored(live, position)
+        out[key] = Stored(part.drop_columns(_BOOKKEEPING_NAMES), position)
     return out
 
 
@@ -405,18 +356,6 @@ def _runs(values: pa.ChunkedArray) -> list[int]:
     changed = pc.not_equal(arr.slice(1), arr.slice(0, len(arr) - 1))
     ends = pc.indices_nonzero(changed).to_pylist()
     return [i + 1 for i in ends] + [len(arr)]
-
-
-def _compacted(rows: pa.Table) -> pa.Table:
-    """A table's live contents: the newest row per (shard, key), and a tombstone only
-    where it is its shard's last write (the row that carries the shard's position)."""
-    newest = _newest(rows)
-    if newest.num_rows == 0:
-        return newest
-    last = newest.group_by(SHARD_COLUMN, use_threads=False).aggregate([(SEQ_COLUMN, "max")])
-    shard_last = pc.take(last.column(f"{SEQ_COLUMN}_max"), pc.index_in(newest.column(SHARD_COLUMN), last.column(SHARD_COLUMN)))
-    keep = pc.or_(pc.invert(newest.column(DELETED_COLUMN)), pc.equal(newest.column(SEQ_COLUMN), shard_last))
-    return newest.filter(keep)
 
 
 def _legacy_stored(raw: pa.Table) -> Stored:

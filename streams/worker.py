@@ -360,19 +360,18 @@ class ScoringAgent:
         self.metrics.shards.set(len(self.service.engine.shards))
         if shards:
             log.debug("flushed %d shards, acked %d events", shards, len(done))
-        await self._compact(compact)
+        if compact:
+            await self._compact()
         return fenced
 
-    async def _compact(self, every: bool) -> None:
-        """(after the acks: it does not hold them up) Every table at maintenance; at other
-        flushes those whose change log outgrew their contents."""
+    async def _compact(self) -> None:
+        """(maintenance, after the acks: it does not hold them up)"""
         try:
-            tables = await asyncio.get_running_loop().run_in_executor(self.writer, self.service.store.compact, every)
+            tables = await asyncio.get_running_loop().run_in_executor(self.writer, self.service.store.compact)
         except Exception:
             self.failed = True
             raise
-        if every or tables:
-            log.info("compacted %d tables%s", tables, " (maintenance)" if every else " (change logs outgrew their contents)")
+        log.info("maintenance: compacted %d tables", tables)
 
     def _evict_idle_now(self, before: float) -> list[str]:
         """(engine thread, so no feedback can land between the check and the eviction)"""
