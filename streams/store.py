@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import lancedb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -306,17 +307,20 @@ def _quoted(keys: list[str]) -> str:
 
 
 def _rows(shards: Mapping[str, Stored], seq: int) -> pa.Table:
-    """The shards' rows plus the bookkeeping columns (shard, sequence, position)."""
-    return pa.concat_tables([_stamped(stored.table, key, seq, stored.position) for key, stored in shards.items()])
-
-
-def _stamped(table: pa.Table, key: str, seq: int, position: Position | None) -> pa.Table:
-    """``table`` plus the bookkeeping columns, the same values on every row."""
-    n = table.num_rows
-    values = [key, seq, position.source if position else None, position.offset if position else None]
-    for field, value in zip(_BOOKKEEPING, values, strict=True):
-        table = table.append_column(field, pa.array([value] * n, field.type))
-    return table
+    """The shards' rows plus the bookkeeping columns (shard, sequence, position), built
+    once for all shards (per-shard columns cost ~0.1 ms a shard: 1 s for 10,000)."""
+    tables = [stored.table for stored in shards.values()]
+    lengths = np.array([t.num_rows for t in tables], dtype=np.int64)
+    positions = [stored.position for stored in shards.values()]
+    values = [
+        list(shards), [seq] * len(tables),
+        [p.source if p else None for p in positions], [p.offset if p else None for p in positions],
+    ]
+    rows = pa.concat_tables(tables)
+    index = np.repeat(np.arange(len(tables)), lengths)
+    for field, per_shard in zip(_BOOKKEEPING, values, strict=True):
+        rows = rows.append_column(field, pa.array(per_shard, field.type).take(index))
+    return rows
 
 
 def _newest(rows: pa.Table) -> pa.Table:
