@@ -56,10 +56,13 @@ class Fence:
 
 @dataclass(frozen=True, slots=True)
 class PendingWrite:
-    """Changed shards' rows and the positions they include, not yet in LanceDB."""
+    """Changed shards' rows, the positions they include and the groups they are stored
+    in (taken with the snapshot: the shards may be evicted before it is written), not
+    yet in LanceDB."""
 
     changes: dict[str, Changes]
     positions: dict[str, Position | None]
+    groups: dict[str, str]
 
     def __len__(self) -> int:
         return len(self.changes)
@@ -207,7 +210,7 @@ class ScoringService:
         another thread if scoring must go on meanwhile; snapshots must be written in
         the order they were taken."""
         changes = self.engine.take_changes()
-        return PendingWrite(changes, {key: self.positions.get(key) for key in changes})
+        return PendingWrite(changes, {key: self.positions.get(key) for key in changes}, {key: self.group_of(key) for key in changes})
 
     def claim(self, sources: list[str], owner: str) -> None:
         """Claim input partitions ("topic/partition") for this worker (see streams.store)."""
@@ -225,7 +228,7 @@ class ScoringService:
         """
         by_group: dict[str, dict[str, tuple[Changes, Position | None]]] = {}
         for key, change in pending.changes.items():
-            by_group.setdefault(self.group_of(key), {})[key] = (change, pending.positions[key])
+            by_group.setdefault(pending.groups[key], {})[key] = (change, pending.positions[key])
         written = 0
         holding: set[str] = set()
         checked = float("-inf")
