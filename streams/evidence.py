@@ -9,8 +9,10 @@ prog        (workload)              the program (exe path, else comm)
 parent      parent comm             the program
 user        user / uid              the program
 lineage     ancestors (up to 3)     the program
-args        the program             the normalised argument template
-arg         the program             each normalised argument token
+args        the program             the argument template (data arguments by shape)
+arg         the program             each normalised argument (data weighs less
+                                    than vocabulary: options and plain words)
+shape       the program             the shape of each data argument (``a_0.csv``)
 path        the program             each directory its arguments name
 net         the program             peer class and port of a connection
 code        the interpreter         each name the inline code of ``python3 -c``,
@@ -18,6 +20,7 @@ code        the interpreter         each name the inline code of ``python3 -c``,
 write       the program             each directory it writes into (redirections,
                                     tee, cp/mv/install/ln targets, dd of=)
 writes      (workload)              the same directories, whoever writes
+assign      the shell               each variable a ``sh -c`` script assigns
 ==========  ======================  =========================================
 
 ``sh -c`` scripts are split into their simple commands, each observed like an exec of
@@ -53,6 +56,7 @@ import copy
 import ipaddress
 import itertools
 import math
+import re
 import warnings
 from array import array
 from collections.abc import Sequence
@@ -68,7 +72,7 @@ from ruleless.settings import EngineSettings
 from schemas.events import RawEvent
 from streams.algorithm import Changes, Verdict, register
 from streams.normalize import (
-    basename, code_words, interpreter_code, normalize_token, program_path, script_commands, shell_script, split_args,
+    basename, code_words, data_shape, interpreter_code, is_vocabulary, normalize_token, program_path, script_commands, shell_script, split_args,
     write_targets,
 )
 
@@ -88,6 +92,9 @@ WEIGHTS = {
     "net": 0.9,
     "code": 0.5,
     "write": 0.8,
+    "data": 0.2,  # an argument that is data (a file name, an id), not vocabulary
+    "shape": 0.5,  # the shape of a data argument
+    "assign": 0.7,  # a variable a shell script assigns
 }
 MAX_ARGS = 24
 SCRIPT_WEIGHT = 0.9  # commands inside `sh -c` count slightly less than real execs
@@ -270,7 +277,12 @@ def _featurize(
     script = shell_script(args)
     if script:
         shell = normalize_token(basename(process_name or program))
-        for words in script_commands(script):
+        for assigned, words in script_commands(script):
+            # Variables a script sets (``HISTFILE=/dev/null``, ``HISTSIZE=0 cmd``) are
+            # part of what it does, as its commands are.
+            out.extend(_observation("assign", shell, name, WEIGHTS["assign"] * SCRIPT_WEIGHT) for name in assigned)
+            if not words:
+                continue
             sub = normalize_token(basename(words[0]))
             out.append(_observation("prog", "", f"sh:{sub}", WEIGHTS["prog"] * SCRIPT_WEIGHT))
             out.append(_observation("parent", shell, f"sh:{sub}", WEIGHTS["parent"] * SCRIPT_WEIGHT))
@@ -291,33 +303,54 @@ def _write_observations(program: str, words: Sequence[str], scale: float) -> lis
 
 
 def _arg_observations(program: str, args: Sequence[str], scale: float) -> list[Observation]:
-    """The argument list as a whole, each argument, and the directories it names.
+    """The argument list as a whole, each argument, the shapes of its data arguments and
+    the directories it names.
 
     A new argument is judged by how often the program's whole argument list is new (a
-    compiler sees new file names every build; a web server never does); a directory the
-    program never touched is judged on its own, since directories are stable.
+    compiler sees new file names every build; a web server never does). New vocabulary
+    (an option, a subcommand) weighs more than new data (a file name, an id), and data of
+    a shape the program already takes weighs little (issue 13: a monthly job's new file
+    names are drift, a new option is not). A directory the program never touched is
+    judged on its own, since directories are stable.
     """
     parsed = [_argument(a) for a in args[:MAX_ARGS]]
     # (Not interned: an argument list is nearly unique to its behaviour.)
-    out = [Observation("args", program, " ".join([p[0] for p in parsed]), WEIGHTS["args"] * scale)]
-    weight, seen = WEIGHTS["arg"] * scale, set()
-    for token, _ in parsed:
+    out = [Observation("args", program, " ".join([p[2] for p in parsed]), WEIGHTS["args"] * scale)]
+    seen = set()
+    for token, _, _, shape in parsed:
         if token and token not in seen:
             seen.add(token)
-            out.append(_observation("arg", program, token, weight, "args"))
+            weight = WEIGHTS["arg"] if not shape else WEIGHTS["data"]
+            out.append(_observation("arg", program, token, weight * scale, "args"))
+            if shape and shape not in seen:
+                seen.add(shape)
+                out.append(_observation("shape", program, shape, WEIGHTS["shape"] * scale, "args"))
     weight, seen = WEIGHTS["path"] * scale, set()
-    for _, directory in parsed:
+    for _, directory, _, _ in parsed:
         if directory and directory not in seen:
             seen.add(directory)
             out.append(_observation("path", program, directory, weight))
     return out
 
 
+_ASSIGNED = re.compile(r"[a-z_][a-z0-9_]*=")
+
+
 @lru_cache(maxsize=1 << 17)
-def _argument(arg: str) -> tuple[str, str]:
-    """An argument normalised, and the directory it names (or "")."""
+def _argument(arg: str) -> tuple[str, str, str, str]:
+    """An argument normalised, the directory it names (or ""), its part of the argument
+    template, and its data shape ("" for vocabulary: options and plain words)."""
     token = normalize_token(arg)
-    return token, _directory(token)
+    directory = _directory(token)
+    # An option's or an assignment's value is judged on its own (``--out=/tmp/x``,
+    # ``histsize=0``): the name is vocabulary.
+    name, eq, value = token.partition("=") if token.startswith("-") or _ASSIGNED.match(token) else ("", "", token)
+    leaf = value[len(value.rsplit("/", 1)[0]) + 1:] if directory else value
+    if not leaf or is_vocabulary(leaf):
+        return token, directory, token, ""
+    shape = data_shape(leaf)
+    template = f"{name}{eq}{value[: len(value) - len(leaf)]}{shape}"
+    return token, directory, template, f"{name}{eq}{shape}"
 
 
 def _directory(token: str) -> str:
@@ -794,6 +827,10 @@ def _describe(o: Observation) -> str:
         return f"{o.ctx} with arguments {o.value[:80]!r}"
     if o.kind == "arg":
         return f"{o.ctx} argument {o.value[:60]!r}"
+    if o.kind == "assign":
+        return f"{o.ctx} script sets {o.value[:60]}"
+    if o.kind == "shape":
+        return f"{o.ctx} argument shaped {o.value[:60]!r}"
     if o.kind == "code":
         return f"{o.ctx} code using {o.value[:60]!r}"
     if o.kind == "write":

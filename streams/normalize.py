@@ -125,6 +125,34 @@ def _normalize_part(token: str, keep_case: bool = False) -> str:
     return out
 
 
+# An argument is *vocabulary* (an option, or a plain word: a subcommand, a verb, a user
+# or unit name) or *data* (file names, ids, numbers, URLs, expressions). A new word is a
+# new thing asked of the program; new data of a shape it already takes is routine drift.
+_WORD = re.compile(r"[a-z][a-z0-9_-]*")
+_PLACEHOLDER = re.compile(r"<[a-z]+>")
+_EXTENSION = re.compile(r"(?:\.[a-z][a-z0-9]{0,7})+$")
+_LETTERS = re.compile(r"[a-z]+")
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def is_vocabulary(token: str) -> bool:
+    """An option or a plain word (``token`` normalised)."""
+    return token.startswith("-") or _WORD.fullmatch(token) is not None
+
+
+@lru_cache(maxsize=1 << 16)
+def data_shape(token: str) -> str:
+    """The shape of a data argument (``token`` normalised): free text is ``<text>``;
+    otherwise letters become ``a`` and numbers ``0``, punctuation and the file extension
+    stay (``orders_<n>.csv.gz`` -> ``a_0.csv.gz``, ``http://<ip>/x`` -> ``a://0/a``)."""
+    if any(c.isspace() for c in token):
+        return "<text>"
+    match = _EXTENSION.search(token)
+    stem, ext = (token[: match.start()], match.group(0)) if match and match.start() > 0 else (token, "")
+    stem = _DIGITS.sub("0", _LETTERS.sub("a", _PLACEHOLDER.sub("0", stem)))
+    return stem + ext
+
+
 # Merged /usr (Debian 12, Fedora, Arch...): /bin/sh and /usr/bin/sh are one file, and
 # backends report either (the path exec'd, or the resolved /proc/PID/exe).
 _MERGED_USR = ("/bin/", "/sbin/", "/lib/", "/lib32/", "/lib64/", "/libx32/")
@@ -247,9 +275,14 @@ def write_targets(words: list[str]) -> list[str]:
     return [t for t in targets if t and t != "/dev/null"]
 
 
-def script_commands(script: str, limit: int = 16) -> list[list[str]]:
-    """The simple commands of a shell script, each as a word list (best effort)."""
-    commands: list[list[str]] = []
+_ASSIGNMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=.*", re.S)
+
+
+def script_commands(script: str, limit: int = 16) -> list[tuple[list[str], list[str]]]:
+    """The simple commands of a shell script (best effort), each as the names of the
+    variables it assigns first (``HISTFILE=/dev/null cmd``, or a bare assignment) and its
+    word list (empty for a bare assignment)."""
+    commands: list[tuple[list[str], list[str]]] = []
     for part in _SHELL_SPLIT.split(script):
         part = part.strip().lstrip("({").strip()
         if not part:
@@ -258,11 +291,12 @@ def script_commands(script: str, limit: int = 16) -> list[list[str]]:
             words = shlex.split(part, comments=False, posix=True)
         except ValueError:
             words = part.split()
-        # Leading VAR=value assignments are not the command.
-        while words and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[0]):
+        assigned: list[str] = []
+        while words and (match := _ASSIGNMENT.fullmatch(words[0])) is not None:
+            assigned.append(match.group(1))
             words = words[1:]
-        if words:
-            commands.append(words)
+        if words or assigned:
+            commands.append((assigned, words))
         if len(commands) >= limit:
             break
     return commands

