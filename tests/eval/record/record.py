@@ -56,8 +56,8 @@ from tests.eval.record import lineage
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
-WORKLOADS = ("web", "db", "ci", "ops", "data")
-SCHEDULER_COMMS = {"cron", "ci-runner"}
+WORKLOADS = ("web", "db", "ci", "ops", "data", "kv", "node", "shell")
+SCHEDULER_COMMS = {"cron", "ci-runner", "gitlab-runner", "sshd"}  # what sched.py is named per workload
 INIT_COMMS = {"process_api", "init"}  # pid 1 of this VM / of containers
 SIM_INIT = "systemd"
 T0 = 1771200000  # 2026-02-16 00:00:00 UTC, a Monday

@@ -10,6 +10,8 @@ PACKAGES=(
   git make gcc libc6-dev binutils python3 python3-pytest python3-pip python3-setuptools python3-wheel python3-venv  # ci
   procps iproute2 lsof findutils coreutils tar gzip xz-utils bzip2 apt-utils  # ops
   gawk jq python3-pandas                                      # data
+  redis-server redis-tools                                    # kv
+  sudo bash-completion less file                              # shell (node: nodejs/npm v20 are preinstalled)
 )
 
 missing=()
@@ -23,7 +25,7 @@ fi
 
 # The Debian packages may start their services on install where an init system exists;
 # the drivers run their own instances on their own ports and directories.
-for u in ci etl; do
+for u in ci etl build alex monitor; do
   id -u "$u" >/dev/null 2>&1 || useradd --system --create-home --shell /bin/bash "$u"
 done
 
