@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from ruleless.settings import EngineSettings
 from schemas.events import RawEvent
+from streams.priors import Prior
 
 
 class Verdict(NamedTuple):
@@ -47,7 +48,10 @@ class Changes:
 
 
 class ShardModel(Protocol):
-    def score_and_learn(self, events: Sequence[RawEvent]) -> list[Verdict]: ...
+    def score_and_learn(self, events: Sequence[RawEvent], prior: Prior | None = None) -> list[Verdict]:
+        """``prior``: what the org's other workloads know (streams.priors); algorithms
+        that do not use priors ignore it, and those that do also have ``known_keys()``."""
+        ...
 
     def feedback(self, event: RawEvent, label: str) -> None:
         """An analyst says ``event`` is ``benign`` or ``malicious``; later scores follow."""

@@ -16,8 +16,10 @@ from threadpoolctl import threadpool_limits
 from ruleless.settings import EngineSettings
 from schemas.events import RawEvent, ScoredEvent
 from streams.algorithm import Algorithm, Changes, ShardModel, make_algorithm
+from streams.priors import OrgPriors
 
 _blas_limited = False
+DAY_S = 86_400.0
 # Engine.score builds scored events positionally (a third of the cost of keywords).
 _VERDICT_FIELDS = ("score", "severity", "reasons", "model", "learning", "scored_at")
 assert ScoredEvent.__struct_fields__ == RawEvent.__struct_fields__ + _VERDICT_FIELDS
@@ -56,6 +58,14 @@ class Engine:
         self.settings = settings
         self.algorithm = algorithm or make_algorithm(settings)
         self.shards: dict[str, ShardModel] = {}
+        # Org priors (streams.priors): a snapshot taken at each event-time day boundary
+        # (the engine's clock: the largest ts seen), from the shards in memory and
+        # ``stored_known`` — what the store knows of shards not in memory, supplied by
+        # the caller. None until the first snapshot.
+        self.priors: OrgPriors | None = None
+        self.stored_known: dict[str, list[str]] = {}
+        self._prior_day = float("-inf")
+        self.uses_priors = settings.org_priors and hasattr(self.algorithm.new_shard(), "known_keys")
 
     @property
     def model(self) -> str:
@@ -75,8 +85,36 @@ class Engine:
     def score(self, events: Sequence[RawEvent], now: float = 0.0) -> list[ScoredEvent]:
         """Score then learn each event, per shard in order; output keeps input order.
 
-        ``now`` is only written into ``scored_at``; it never changes a score.
+        ``now`` is only written into ``scored_at``; it never changes a score. With org
+        priors, the events are scored in runs that end where event time enters a new
+        day, and the priors are taken again before the first event of the new day: the
+        same events give the same scores however they are batched.
         """
+        if not self.uses_priors:
+            return self._score(events, now)
+        out: list[ScoredEvent] = []
+        start = 0
+        for i, event in enumerate(events):
+            day = event.ts // DAY_S
+            if day > self._prior_day:
+                out.extend(self._score(events[start:i], now))
+                start = i
+                self._prior_day = day
+                self.refresh_priors()
+        out.extend(self._score(events[start:], now))
+        return out
+
+    def refresh_priors(self) -> None:
+        """Take the org priors again from the shards in memory and ``stored_known``."""
+        known: dict[str, list[str]] = dict(self.stored_known)
+        for key, shard in self.shards.items():
+            known[key] = shard.known_keys()  # type: ignore[attr-defined]
+        self.priors = OrgPriors.build(known.items())
+
+    def _score(self, events: Sequence[RawEvent], now: float) -> list[ScoredEvent]:
+        if not events:
+            return []
+        priors = self.priors
         by_shard: dict[str, list[int]] = defaultdict(list)
         for i, event in enumerate(events):
             by_shard[event.shard_key].append(i)
@@ -87,7 +125,8 @@ class Engine:
             if shard is None:
                 shard = self.shards[key] = self.algorithm.new_shard()
             override = self.settings.thresholds.get(key)
-            verdicts = shard.score_and_learn([events[i] for i in positions])
+            prior = priors.view(key) if priors is not None else None
+            verdicts = shard.score_and_learn([events[i] for i in positions], prior)
             for i, (score, reasons, history, learned) in zip(positions, verdicts):
                 if override is not None:
                     warn, alert = override.warn, override.alert

@@ -14,6 +14,7 @@ arg         the program             each normalised argument (data weighs less
                                     than vocabulary: options and plain words)
 shape       the program             the shape of each data argument (``a_0.csv``)
 path        the program             each directory its arguments name
+paths       (workload)              the same directories, whoever names them
 net         the program             peer class and port of a connection
 code        the interpreter         each name the inline code of ``python3 -c``,
                                     ``perl -e``… uses
@@ -71,6 +72,9 @@ import pyarrow as pa
 from ruleless.settings import EngineSettings
 from schemas.events import RawEvent
 from streams.algorithm import Changes, Verdict, register
+from streams.priors import KINDS as PRIOR_KINDS
+from streams.priors import MIN_EPISODES as PRIOR_MIN_EPISODES
+from streams.priors import Prior
 from streams.normalize import (
     basename, code_words, data_shape, interpreter_code, is_vocabulary, normalize_token, program_path, script_commands, shell_script, split_args,
     write_targets,
@@ -95,6 +99,7 @@ WEIGHTS = {
     "data": 0.2,  # an argument that is data (a file name, an id), not vocabulary
     "shape": 0.5,  # the shape of a data argument
     "assign": 0.7,  # a variable a shell script assigns
+    "paths": 0.5,  # a directory named by any program of the workload
 }
 MAX_ARGS = 24
 SCRIPT_WEIGHT = 0.9  # commands inside `sh -c` count slightly less than real execs
@@ -104,6 +109,9 @@ SCORE_WINDOW = 4096
 # per generation of the cache (see BehaviourCache).
 BEHAVIOUR_CACHE = 1 << 17
 THRESHOLD_EVERY = 256
+# How much an org prior tempers a never-seen observation: each of the org's other
+# workloads that knows it counts as PRIOR_WEIGHT episodes of its own (rarity 1/(1+e)²).
+PRIOR_WEIGHT = 1.0
 
 # Past this many episodes rarity(e) = 1/(1+e)^2 is below 1e-3: counted as no surprise.
 _WELL_KNOWN_EPISODES = 31
@@ -330,6 +338,8 @@ def _arg_observations(program: str, args: Sequence[str], scale: float) -> list[O
         if directory and directory not in seen:
             seen.add(directory)
             out.append(_observation("path", program, directory, weight))
+            # ...and for the whole workload: a place no program of it ever names.
+            out.append(_observation("paths", "", directory, WEIGHTS["paths"] * scale))
     return out
 
 
@@ -486,7 +496,9 @@ class EvidenceShard:
 
     # scoring ------------------------------------------------------------------------
 
-    def score_and_learn(self, events: Sequence[RawEvent]) -> list[Verdict]:
+    def score_and_learn(self, events: Sequence[RawEvent], prior: Prior | None = None) -> list[Verdict]:
+        """Score then learn each event; ``prior`` is what the org's other workloads know
+        (see streams.priors), consulted only for what this shard has never seen."""
         out = []
         for event in events:
             ts = event.ts
@@ -507,7 +519,7 @@ class EvidenceShard:
                         stat.last_ts = ts
                 score = 0.0
             else:
-                score, reasons, entry[3] = self._score(obs, stats, ts, event.host)
+                score, reasons, entry[3] = self._score(obs, stats, ts, event.host, prior)
                 out.append(Verdict(score, reasons, self.history, self.thresholds))
                 self._learn(obs, stats, ts, event.host)
             self._touched[id(obs)] = obs
@@ -557,12 +569,12 @@ class EvidenceShard:
         self._next_day = (math.floor(now / DAY_S) + 1) * DAY_S
 
     def _score(
-        self, obs: Sequence[Observation], stats: Sequence[Stat | None], ts: float, host: str
+        self, obs: Sequence[Observation], stats: Sequence[Stat | None], ts: float, host: str, prior: Prior | None
     ) -> tuple[float, list[str], bool]:
         """Score, reasons, and whether every observation is well known (see _compiled)."""
         keep = 1.0
         well_known = 0
-        parts: list[tuple[float, Observation, Stat | None]] = []
+        parts: list[tuple[float, Observation, Stat | None, int]] = []
         cutoff = self.watermark - self.retention_s
         contexts = self.contexts
         for o, stat in zip(obs, stats):
@@ -572,7 +584,7 @@ class EvidenceShard:
             elif stat.label:
                 if stat.label == _LABEL_MALICIOUS:
                     keep *= 1.0 - o.weight
-                    parts.append((o.weight, o, stat))
+                    parts.append((o.weight, o, stat, 0))
                     continue
                 episodes = stat.episodes  # benign: its own burst is evidence too
             elif stat.episodes > _WELL_KNOWN_EPISODES:
@@ -586,30 +598,38 @@ class EvidenceShard:
                 continue
             ctx = stat.ctx if stat is not None and o.own_rate else contexts.get(o.rate_key)
             novelty_rate = 0.5 if ctx is None else (ctx.values + 1.0) / (ctx.episodes + 2.0)
-            s = (1.0 if episodes == 0 else 1.0 / ((1.0 + episodes) ** 2)) * (1.0 - novelty_rate)
+            others = 0
+            if episodes == 0:
+                s = 1.0 - novelty_rate
+                if prior is not None:
+                    # Known to other workloads of the org: less of a surprise here.
+                    others = prior.others(o.key)
+                    s /= (1.0 + PRIOR_WEIGHT * others) ** 2
+            else:
+                s = (1.0 - novelty_rate) / ((1.0 + episodes) ** 2)
             if s > 0.0:
                 keep *= 1.0 - o.weight * s
-                parts.append((o.weight * s, o, stat))
+                parts.append((o.weight * s, o, stat, others))
         score = 1.0 - keep
         quiet = well_known == len(obs) and self.retention_s >= DAY_S  # a day boundary bumps the epoch first
         return score, self._reasons(parts, score), quiet
 
-    def _reasons(self, parts: list[tuple[float, Observation, Stat | None]], score: float) -> list[str]:
+    def _reasons(self, parts: list[tuple[float, Observation, Stat | None, int]], score: float) -> list[str]:
         if not parts or score < 0.05:
             return ["known behaviour"] if self.stats else ["nothing learned yet for this workload"]
         parts.sort(key=_CONTRIBUTION, reverse=True)  # stable: ties keep observation order
         reasons = [
-            f"{o._description or o.description}: {'never seen' if stat is None else _seen(stat.episodes)} (+{contribution:.2f})"
-            for contribution, o, stat in parts[:4]
+            f"{o._description or o.description}: {_seen_here(stat, others)} (+{contribution:.2f})"
+            for contribution, o, stat, others in parts[:4]
         ]
         known = self._nearest_known(parts)
         if known:
             reasons.append(known)
         return reasons
 
-    def _nearest_known(self, parts: list[tuple[float, Observation, Stat | None]]) -> str | None:
+    def _nearest_known(self, parts: list[tuple[float, Observation, Stat | None, int]]) -> str | None:
         """The most frequent known argument template of the program in question."""
-        for _, o, _ in parts:
+        for _, o, _, _ in parts:
             if o.names_args:
                 top = self._top_args.get(o.ctx)
                 if top is None:
@@ -697,6 +717,17 @@ class EvidenceShard:
         alert = level(self.rates[1], alert_default)
         warn = min(alert, level(self.rates[0], warn_default))
         return warn, alert
+
+    def known_keys(self) -> list[str]:
+        """Observations this shard knows well enough to vouch for across its org (see
+        streams.priors): seen in enough episodes, not pinned malicious, not expired."""
+        cutoff = self.watermark - self.retention_s
+        kinds = _PRIOR_KIND_PREFIXES
+        return [
+            key for key, stat in self.stats.items()
+            if stat.episodes >= PRIOR_MIN_EPISODES and stat.label != _LABEL_MALICIOUS and stat.last_ts >= cutoff
+            and key.startswith(kinds)
+        ]  # fmt: skip
 
     def feedback(self, event: RawEvent, label: str) -> None:
         """An analyst's verdict on ``event``: benign teaches it, malicious pins it."""
@@ -802,7 +833,16 @@ class EvidenceShard:
 
 
 _CONTRIBUTION = itemgetter(0)
+_PRIOR_KIND_PREFIXES = tuple(f"{kind}{SEP}" for kind in PRIOR_KINDS)
 _SEEN = tuple(f"seen in {n} episode(s)" for n in range(_WELL_KNOWN_EPISODES + _BENIGN_EPISODES + 2))
+
+
+def _seen_here(stat: Stat | None, others: int) -> str:
+    if stat is not None:
+        return _seen(stat.episodes)
+    if others:
+        return f"never seen here, known in {others} other workload(s) of this org (org prior)"
+    return "never seen"
 
 
 def _seen(episodes: int) -> str:
@@ -835,6 +875,8 @@ def _describe(o: Observation) -> str:
         return f"{o.ctx} code using {o.value[:60]!r}"
     if o.kind == "write":
         return f"{o.ctx} writes into {o.value[:80]}"
+    if o.kind == "paths":
+        return f"names {o.value[:80]}"
     if o.kind == "writes":
         return f"writes into {o.value[:80]}"
     return f"{o.ctx} {o.value}"

@@ -22,14 +22,14 @@ _RULES: list[tuple[re.Pattern[str], str, str]] = [
     (re.compile(r"\d+"), "<n>", ""),
 ]
 # mktemp-style suffixes of letters only (``tmp.XqakZwPeRt``: mktemp's default is ten
-# characters): after a "." or "_", 8-12 letters that go from lower to upper case at
-# least twice (``McDonald`` and ``JavaScript`` once).
-_LETTER_SUFFIX = re.compile(r"(?<=[._])[A-Za-z]{8,12}\b")
-# Whole runs of 6+ letters and digits with at least two of each (the only ones
+# characters; systemd's ``-AbCdEf``): after a "-", "." or "_", 6-12 letters that go from
+# lower to upper case at least twice (``McDonald`` and ``JavaScript`` once).
+_LETTER_SUFFIX = re.compile(r"(?<=[-._])[A-Za-z]{6,12}\b")
+# Whole runs of 4+ letters and digits with at least two of each (``job-7f3a``) (the only ones
 # _random_run can change: filtering here spares a Python call per plain word). The
 # lookbehind makes a position inside a run fail at once instead of re-running the
 # lookaheads from every character.
-_ALNUM_RUN = re.compile(r"(?<![A-Za-z0-9])(?=[A-Za-z]*\d[A-Za-z]*\d)(?=\d*[A-Za-z]\d*[A-Za-z])[A-Za-z0-9]{6,}")
+_ALNUM_RUN = re.compile(r"(?<![A-Za-z0-9])(?=[A-Za-z]*\d[A-Za-z]*\d)(?=\d*[A-Za-z]\d*[A-Za-z])[A-Za-z0-9]{4,}")
 _HEX_MIN = 5
 _DIGIT = re.compile(r"\d")
 
@@ -66,8 +66,8 @@ def _random_letters(match: re.Match[str]) -> str:
     return "<rnd>" if _rises(match.group(0)) >= 2 else match.group(0)
 
 
-# mktemp names with a single digit (``tmp.Ab3dEf``): _ALNUM_RUN needs two.
-_ONE_DIGIT_SUFFIX = re.compile(r"(?<=[._])(?=[A-Za-z]*\d[A-Za-z]*\b)[A-Za-z0-9]{6,12}\b")
+# mktemp names with a single digit (``tmp.Ab3dEf``, ``sess_k3JdP``): _ALNUM_RUN needs two.
+_ONE_DIGIT_SUFFIX = re.compile(r"(?<=[._])(?=[A-Za-z]*\d[A-Za-z]*\b)[A-Za-z0-9]{5,12}\b")
 
 
 def _random_one_digit(match: re.Match[str]) -> str:
@@ -105,7 +105,7 @@ def normalize_token(token: str) -> str:
 def _normalize_part(token: str, keep_case: bool = False) -> str:
     if _DIGIT.search(token) is None and token.count("-") < 4:
         # Every rule needs a digit, except a digit-free uuid and letter-only mktemp names.
-        if ("." in token or "_" in token) and len(token) >= 9:
+        if ("." in token or "_" in token or "-" in token) and len(token) >= 7:
             token = _LETTER_SUFFIX.sub(_random_letters, token)
         return token if keep_case else token.lower()
     out = token

@@ -31,6 +31,7 @@ from schemas.errors import ShardUnreadable
 from schemas.events import RawEvent, ScoredEvent
 from streams.algorithm import Changes
 from streams.engine import Engine
+from streams.priors import STORED_WHERE
 from streams.store import OFFLINE, Position, ShardStore, Stored, claim_key
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,8 @@ class ScoringService:
         self.partition_of: dict[str, str] = {}
         self.lost: set[str] = set()
         self._fenced: list[str] = []
+        # When the org priors last read what the store knows (monotonic; see refresh_stored_priors).
+        self._stored_priors_at = float("-inf")
 
     @property
     def algorithm(self) -> str:
@@ -99,6 +102,7 @@ class ScoringService:
     def score(self, events: Sequence[RawEvent], now: float | None = None) -> list[ScoredEvent]:
         """Score and learn; raises :class:`ShardUnreadable` for an event whose shard's
         stored table cannot be read."""
+        self._stored_priors_once()
         self._load(self.engine.missing(events))
         for event in events:
             if event.shard_key in self.unreadable:
@@ -122,6 +126,7 @@ class ScoringService:
         """
         for event, position in zip(events, positions, strict=True):
             self.partition_of[event.shard_key] = claim_key(position.source)  # (where it is stored)
+        self._stored_priors_once()
         self._load(self.engine.missing(events))
         fresh: list[RawEvent] = []
         touched: set[str] = set()
@@ -267,8 +272,44 @@ class ScoringService:
         """Shards in memory whose learning has not changed since ``before`` (monotonic)."""
         return [key for key in self.engine.shards if self.last_active.get(key, float("-inf")) < before]
 
+    def _stored_priors_once(self) -> None:
+        if self._stored_priors_at == float("-inf"):
+            self.refresh_stored_priors()
+
+    def refresh_stored_priors(self) -> None:
+        """Read what the store knows of every shard for the org priors (streams.priors):
+        the shards of other workers' partitions, and this one's not in memory. The
+        engine takes it into its next snapshot (at the next event-time day)."""
+        self.apply_stored_priors(self.read_stored_priors())
+
+    def read_stored_priors(self) -> dict[str, list[str]] | None:
+        """(I/O only: a stream worker runs it on its writer thread.)"""
+        self._stored_priors_at = time.monotonic()
+        if not self.engine.uses_priors:
+            return None
+        known: dict[str, list[str]] = {}
+        for rows in self.store.scan(self.algorithm, ["_shard", "key"], STORED_WHERE):
+            for shard, key in zip(rows.column("_shard").to_pylist(), rows.column("key").to_pylist()):
+                known.setdefault(shard, []).append(key)
+        return known
+
+    def apply_stored_priors(self, known: dict[str, list[str]] | None) -> None:
+        """(The engine's thread.)"""
+        if known is None:
+            return
+        self.engine.stored_known = known
+        if self.engine.priors is None and known:
+            self.engine.refresh_priors()
+        log.info("org priors: %d shards' knowledge read from the store", len(known))
+
+    def stored_priors_due(self) -> bool:
+        return time.monotonic() - self._stored_priors_at >= self.settings.engine.prior_refresh_s
+
     def maintain(self) -> None:
-        """Prune expired entries and compact tables when the compaction interval is up."""
+        """Prune expired entries and compact tables when the compaction interval is up;
+        read the store's knowledge for the org priors when that interval is up."""
+        if self.stored_priors_due():
+            self.refresh_stored_priors()
         if time.monotonic() - self._last_compact < self.settings.lancedb.compact_interval_s:
             return
         pruned = self.engine.prune()

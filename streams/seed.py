@@ -102,7 +102,8 @@ class SeedShard:
 
     # -- scoring -----------------------------------------------------------------
 
-    def score_and_learn(self, events: Sequence[RawEvent]) -> list[Verdict]:
+    def score_and_learn(self, events: Sequence[RawEvent], prior: object = None) -> list[Verdict]:
+        # (The article's algorithm has no org priors: ``prior`` is ignored.)
         feats = [self._featurize(e) for e in events]
         n0 = self._n
         # Events whose exact behaviour is not already known need a distance row; do them

@@ -32,7 +32,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -212,6 +212,14 @@ class ShardStore:
             if found is not None:
                 return found
         return None
+
+    def scan(self, algorithm: str, columns: list[str], where: str) -> Iterator[pa.Table]:
+        """Rows of every shard of ``algorithm`` matching ``where``, ``columns`` only, one
+        table per group (a periodic scan, never a per-event query)."""
+        for name in self.groups(algorithm):
+            table = self._open(name)
+            if table is not None:
+                yield table.search().where(where, prefilter=True).select(columns).limit(None).to_arrow()
 
     def _open(self, name: str) -> lancedb.table.Table | None:
         try:

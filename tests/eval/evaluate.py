@@ -309,53 +309,64 @@ class Scored:
     events: int = 0
 
 
-def score_workload(algorithm: str, wl: Workload, injected: list[dict], learn_injected: bool, batch: int = 1000) -> Scored:
-    """Score ``wl``'s stream with ``injected`` merged in, in time order (see module doc)."""
+def score_org(
+    algorithm: str, workloads: Sequence[Workload], injected: dict[str, list[dict]], learn_injected: bool,
+    batch: int = 1000,
+) -> dict[str, Scored]:
+    """Score the workloads' streams together, in time order, as one org's fleet would be
+    (one service: each workload's shard sees its org's priors, streams.priors), with
+    each workload's ``injected`` lines merged in (see module doc)."""
     from ruleless.settings import load_settings
     from schemas.events import decode
     from streams.scoring import ScoringService
 
-    normal = [decode(json.dumps(e)) for e in wl.events]
-    probes = sorted(((decode(json.dumps(item["event"])), item) for item in injected), key=lambda p: p[0].ts)
-    normal_scores = np.empty(len(normal))
-    normal_alert = np.zeros(len(normal), dtype=bool)
-    inj_scores: dict[str, list[float]] = defaultdict(list)
-    inj_labels: dict[str, list[str]] = defaultdict(list)
-    inj_alert: dict[str, list[bool]] = defaultdict(list)
+    streams = [[decode(json.dumps(e)) for e in wl.events] for wl in workloads]
+    normal = sorted(((e.ts, w, k) for w, events in enumerate(streams) for k, e in enumerate(events)), key=lambda t: t[0])
+    probes = sorted(
+        ((decode(json.dumps(item["event"])), w, item) for w, wl in enumerate(workloads) for item in injected[wl.name]),
+        key=lambda p: p[0].ts,
+    )
+    normal_scores = [np.empty(len(events)) for events in streams]
+    normal_alert = [np.zeros(len(events), dtype=bool) for events in streams]
+    inj_scores: list[dict[str, list[float]]] = [defaultdict(list) for _ in workloads]
+    inj_labels: list[dict[str, list[str]]] = [defaultdict(list) for _ in workloads]
+    inj_alert: list[dict[str, list[bool]]] = [defaultdict(list) for _ in workloads]
     with tempfile.TemporaryDirectory(prefix="ruleless-eval-") as tmp:
         svc = ScoringService(load_settings(lancedb={"uri": tmp}, engine={"algorithm": algorithm}))
-        key = f"eval/{wl.name}"
         i = 0
-
-        def run(events: list) -> list:
-            return svc.score(events)
 
         def normal_until(ts: float) -> None:
             nonlocal i
-            while i < len(normal) and normal[i].ts <= ts:
+            while i < len(normal) and normal[i][0] <= ts:
                 j = i
-                while j < len(normal) and normal[j].ts <= ts and j - i < batch:
+                while j < len(normal) and normal[j][0] <= ts and j - i < batch:
                     j += 1
-                for k, scored in enumerate(run(normal[i:j]), start=i):
-                    normal_scores[k] = scored.score
-                    normal_alert[k] = scored.severity == "alert"
+                chunk = normal[i:j]
+                for (_, w, k), scored in zip(chunk, svc.score([streams[w][k] for _, w, k in chunk])):
+                    normal_scores[w][k] = scored.score
+                    normal_alert[w][k] = scored.severity == "alert"
                 i = j
 
-        for event, item in probes:
+        for event, w, item in probes:
             normal_until(event.ts)
+            key = event.shard_key
             saved = None if learn_injected else copy.deepcopy(svc.engine.shards.get(key))
-            scored = run([event])[0]
+            scored = svc.score([event])[0]
             if saved is not None:
                 svc.engine.shards[key] = saved
-            inj_scores[item["kind"]].append(scored.score)
-            inj_labels[item["kind"]].append(item["label"] or "")
-            inj_alert[item["kind"]].append(scored.severity == "alert")
+            inj_scores[w][item["kind"]].append(scored.score)
+            inj_labels[w][item["kind"]].append(item["label"] or "")
+            inj_alert[w][item["kind"]].append(scored.severity == "alert")
         normal_until(float("inf"))
-    ts = np.array([e.ts for e in normal])
-    test = ts >= wl.test_start
-    engine_alert = {"normal": float(normal_alert[test].mean()) if test.any() else float("nan")}
-    engine_alert.update({k: float(np.mean(v)) for k, v in inj_alert.items()})
-    return Scored(normal_scores, ts, dict(inj_scores), dict(inj_labels), engine_alert, *throughput(algorithm, normal))
+    out: dict[str, Scored] = {}
+    for w, wl in enumerate(workloads):
+        ts = np.array([e.ts for e in streams[w]])
+        test = ts >= wl.test_start
+        engine_alert = {"normal": float(normal_alert[w][test].mean()) if test.any() else float("nan")}
+        engine_alert.update({k: float(np.mean(v)) for k, v in inj_alert[w].items()})
+        out[wl.name] = Scored(normal_scores[w], ts, dict(inj_scores[w]), dict(inj_labels[w]), engine_alert,
+                              *throughput(algorithm, streams[w]))  # fmt: skip
+    return out
 
 
 def throughput(algorithm: str, events: list, batch: int = 1000) -> tuple[float, int]:
@@ -497,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attacks", type=int, default=200, help="attack lines per workload, different per workload")
     p.add_argument("--benign", type=int, default=300, help="benign-new lines per workload, different per workload")
     p.add_argument("--all", action="store_true", help="inject every attack and benign-new line into every workload")
+    p.add_argument("--isolated", action="store_true",
+                   help="score each workload alone (no org priors from the other workloads)")
     p.add_argument("--learn-injected", action="store_true", help="keep injected events in the baseline (stream mode)")
     p.add_argument("--seed", type=int, default=SEED, help="the first injection seed")
     p.add_argument("--seeds", type=int, default=3, help="injection seeds to average over (seed, seed+1, ...)")
@@ -535,13 +548,18 @@ def main(argv: list[str] | None = None) -> int:
         rng = random.Random(seed)
         sets = {kind: sample_disjoint(pool, wl_names, None if args.all else per_workload.get(kind, args.attacks), rng)
                 for kind, pool in lines.items()}  # fmt: skip
+        injected: dict[str, list[dict]] = {}
         for wl in workloads:
             contexts = parents_by_context(wl)
             wl_rng = random.Random(f"{seed}:{wl.name}")
-            injected = [item for kind in lines for item in inject(sets[kind][wl.name], wl, contexts, wl_rng, kind)]
-            for alg in algorithms:
-                started = time.monotonic()
-                m = metrics(wl, score_workload(alg, wl, injected, args.learn_injected))
+            injected[wl.name] = [item for kind in lines for item in inject(sets[kind][wl.name], wl, contexts, wl_rng, kind)]
+        # One org, scored together (org priors); or each workload alone (--isolated).
+        fleets = [[wl] for wl in workloads] if args.isolated else [workloads]
+        for alg in algorithms:
+            started = time.monotonic()
+            scored = {name: s for fleet in fleets for name, s in score_org(alg, fleet, injected, args.learn_injected).items()}
+            for wl in workloads:
+                m = metrics(wl, scored[wl.name])
                 by_seed[wl.name][alg].append(m)
                 print(f"seed {seed} {wl.name:5s} {alg:9s} AUC tuned {m['roc_auc']:.4f} held-out {m['held_out_roc_auc']:.4f} "
                       f"team {m['team_roc_auc']:.4f}; recall {m['recall']:.1%} / {m['held_out_recall']:.1%} / "

@@ -19,14 +19,14 @@ from tests.eval.evaluate import (
     rate_at,
     roc_auc,
     sample_disjoint,
-    score_workload,
+    score_org,
     threshold_at,
     warmup_days,
 )
 
 MIN_DAYS = 20
 MIN_EXECS = 2_000
-WORKLOADS = ("web", "db", "ci", "ops", "data")
+WORKLOADS = ("web", "db", "ci", "ops", "data", "kv", "node", "shell")
 
 
 class TestRocAuc:
@@ -125,14 +125,28 @@ class TestInjection:
         wl = _toy_workload()
         line = {"argv": ["vim", "-c", ":!/bin/sh"], "cmdline": "vim -c :!/bin/sh", "process_name": "vim", "exe": "/usr/bin/vim"}
         items = inject([line] * 5, wl, parents_by_context(wl), random.Random(1), "attack")
-        alone = score_workload("seed", wl, [], learn_injected=False)
-        mixed = score_workload("seed", wl, items, learn_injected=False)
+        alone = score_org("seed", [wl], {"toy": []}, learn_injected=False)["toy"]
+        mixed = score_org("seed", [wl], {"toy": items}, learn_injected=False)["toy"]
         assert np.array_equal(alone.normal, mixed.normal)
         assert len(mixed.injected["attack"]) == 5
         # isolated: every copy of the line is as new as the first
         assert len(set(mixed.injected["attack"])) == 1
-        learned = score_workload("seed", wl, items, learn_injected=True)
+        learned = score_org("seed", [wl], {"toy": items}, learn_injected=True)["toy"]
         assert min(learned.injected["attack"]) < max(learned.injected["attack"])
+
+    def test_an_orgs_workloads_scored_together_keep_their_normal_scores_whatever_is_injected(self) -> None:
+        """Two workloads of one org (org priors in play): injected lines change no normal score."""
+        wl = _toy_workload()
+        other = Workload("toy2", [{**e, "workload": "toy2", "process_name": "id", "exe": "/usr/bin/id", "cmdline": "id",
+                                   "argv": ["id"]} for e in wl.events], wl.t0, wl.days, wl.warmup_days)  # fmt: skip
+        line = {"argv": ["id"], "cmdline": "id", "process_name": "id", "exe": "/usr/bin/id"}
+        items = inject([line] * 5, wl, parents_by_context(wl), random.Random(1), "benign")
+        alone = score_org("evidence", [wl, other], {"toy": [], "toy2": []}, learn_injected=False)
+        mixed = score_org("evidence", [wl, other], {"toy": items, "toy2": []}, learn_injected=False)
+        for name in ("toy", "toy2"):
+            assert np.array_equal(alone[name].normal, mixed[name].normal)
+        # ``id`` is routine in toy2: in toy it is new, but known to the org
+        assert max(mixed["toy"].injected["benign"]) < 0.9
 
     def test_samples_differ_per_workload(self) -> None:
         lines = [{"event_id": str(i)} for i in range(1000)]

@@ -33,6 +33,13 @@ from streams.normalize import (
         ("--enc=utf8", "--enc=utf<n>"),  # ...but not words with a number in them
         ("--hash=md5sum", "--hash=md<n>sum"),
         ("r12-3456", "r<n>-<n>"),
+        ("job-7f3a", "job-<rnd>"),  # short ids, after any separator
+        ("sess_k3JdP", "sess_<rnd>"),
+        ("nginx.service-AbCdEf", "nginx.service-<rnd>"),
+        ("run-XkPqLmZr", "run-<rnd>"),
+        ("--JavaScript", "--JavaScript"),
+        ("x86_64", "x<n>_<n>"),  # ...but not architectures and checksum tools
+        ("sha256sum", "sha<n>sum"),
         # … and words that are not random, kept
         ("file.JavaScript", "file.javascript"),
         ("x.McDonald", "x.mcdonald"),
