@@ -21,10 +21,6 @@ _RULES: list[tuple[re.Pattern[str], str, str]] = [
     (re.compile(r"\bv?\d+(?:\.\d+){1,3}(?:[-+~][0-9a-z.]+)?\b", re.I), "<ver>", "."),
     (re.compile(r"\d+"), "<n>", ""),
 ]
-# mktemp-style suffixes of letters only (``tmp.XqakZwPeRt``: mktemp's default is ten
-# characters; systemd's ``-AbCdEf``): after a "-", "." or "_", 6-12 letters that go from
-# lower to upper case at least twice (``McDonald`` and ``JavaScript`` once).
-_LETTER_SUFFIX = re.compile(r"(?<=[-._])[A-Za-z]{6,12}\b")
 # Whole runs of 4+ letters and digits with at least two of each (``job-7f3a``) (the only ones
 # _random_run can change: filtering here spares a Python call per plain word). The
 # lookbehind makes a position inside a run fail at once instead of re-running the
@@ -57,23 +53,40 @@ def _random_value(match: re.Match[str]) -> str:
     return "<rnd>" if switches >= 3 or (mixed_case and switches >= 2) else run
 
 
-def _rises(letters: str) -> int:
-    """How often the case goes from lower to upper."""
-    return sum(a.islower() and b.isupper() for a, b in zip(letters, letters[1:]))
+# mktemp-style suffixes (``tmp.XqakZwPeRt``, ``kvaudit.oXQCIYUH2U``, ``ttl.dCkpr4itrc``,
+# systemd's ``-AbCdEf``): letters and digits after a "-", "." or "_" that are
+# random-looking (5-16 characters) — mixed case that is not the capitalisation of words, or mixed case
+# with digits between letters, or digits and letters interleaved three times.
+_SUFFIX = re.compile(r"(?<=[-._])[A-Za-z0-9]{5,16}\b")
+_CASE_RUN = re.compile(r"[a-z]+|[A-Z]+")
 
 
-def _random_letters(match: re.Match[str]) -> str:
-    return "<rnd>" if _rises(match.group(0)) >= 2 else match.group(0)
+def _random_case(letters: str) -> bool:
+    """Mixed case that is not the capitalisation of words: words have lowercase runs of
+    4+ (``JavaScript``, ``McDonald``, ``NetworkManager``), random letters switch case
+    often in short runs (``uwTFNkabQL``, ``yyQexTIZQswZ``)."""
+    runs = _CASE_RUN.findall(letters)
+    return len(runs) >= 4 and max(len(r) for r in runs if r.islower()) <= 3
 
 
-# mktemp names with a single digit (``tmp.Ab3dEf``, ``sess_k3JdP``): _ALNUM_RUN needs two.
-_ONE_DIGIT_SUFFIX = re.compile(r"(?<=[._])(?=[A-Za-z]*\d[A-Za-z]*\b)[A-Za-z0-9]{5,12}\b")
-
-
-def _random_one_digit(match: re.Match[str]) -> str:
-    letters = "".join(c for c in match.group(0) if c.isalpha())
+def _random_suffix(match: re.Match[str]) -> str:
+    run = match.group(0)
+    letters = "".join(c for c in run if c.isalpha())
     upper = sum(c.isupper() for c in letters)
-    return "<rnd>" if _rises(letters) >= 1 and upper >= 2 and len(letters) - upper >= 2 else match.group(0)
+    if not letters or upper == 0 or upper == len(letters):
+        mixed = False
+    else:
+        mixed = True
+        if match.string[match.start() - 1] == ".":
+            # After a dot (``name.XXXXXXXXXX``, mktemp's default) words are extensions:
+            # several capitals, or two rises to upper case, are random.
+            rises = sum(a.islower() and b.isupper() for a, b in zip(letters, letters[1:]))
+            if upper >= 3 or rises >= 2 or _random_case(letters):
+                return "<rnd>"
+        elif _random_case(letters):
+            return "<rnd>"
+    switches = sum(a.isdigit() != b.isdigit() for a, b in zip(run, run[1:]))
+    return "<rnd>" if switches >= 3 or (mixed and switches >= 2) else run
 
 
 def _hex_ok(match: re.Match[str]) -> str:
@@ -101,12 +114,18 @@ def normalize_token(token: str) -> str:
     return _normalize_part(token, option)
 
 
+# A whole argument of random letters and digits (``HSET user:1 last_session yyQexTIZQswZ``).
+_WHOLE_RUN = re.compile(r"[A-Za-z0-9]{8,32}")
+
+
 @lru_cache(maxsize=1 << 16)
 def _normalize_part(token: str, keep_case: bool = False) -> str:
+    if _WHOLE_RUN.fullmatch(token) and _random_case("".join(c for c in token if c.isalpha())):
+        return "<rnd>"
     if _DIGIT.search(token) is None and token.count("-") < 4:
         # Every rule needs a digit, except a digit-free uuid and letter-only mktemp names.
         if ("." in token or "_" in token or "-" in token) and len(token) >= 7:
-            token = _LETTER_SUFFIX.sub(_random_letters, token)
+            token = _SUFFIX.sub(_random_suffix, token)
         return token if keep_case else token.lower()
     out = token
     for pattern, placeholder, needs in _IDS:
@@ -115,8 +134,8 @@ def _normalize_part(token: str, keep_case: bool = False) -> str:
     out = _ALNUM_RUN.sub(_random_run, out)
     if "=" in out:
         out = _SHORT_VALUE.sub(_random_value, out)
-    if "." in out or "_" in out:
-        out = _ONE_DIGIT_SUFFIX.sub(_random_one_digit, out)
+    if "." in out or "_" in out or "-" in out:
+        out = _SUFFIX.sub(_random_suffix, out)
     if not keep_case:
         out = out.lower()
     for pattern, placeholder, needs in _RULES:

@@ -37,6 +37,16 @@ from streams.normalize import (
         ("sess_k3JdP", "sess_<rnd>"),
         ("nginx.service-AbCdEf", "nginx.service-<rnd>"),
         ("run-XkPqLmZr", "run-<rnd>"),
+        ("kvaudit.oXQCIYUH2U", "kvaudit.<rnd>"),  # mktemp: mostly upper case
+        ("kvaudit.SRWTIBTRqM", "kvaudit.<rnd>"),
+        ("ttl.dCkpr4itrc", "ttl.<rnd>"),  # one capital, one digit
+        ("kvaudit.uwTFNkabQL", "kvaudit.<rnd>"),
+        ("kvaudit.GnsxvFAIpg", "kvaudit.<rnd>"),
+        ("x-PostgreSQL", "x-postgresql"),
+        ("yyQexTIZQswZ", "<rnd>"),  # a random value on its own
+        ("NetworkManager", "networkmanager"),
+        ("getElementById", "getelementbyid"),
+        ("ttl.XXXXXXXX", "ttl.xxxxxxxx"),  # mktemp's template
         ("--JavaScript", "--JavaScript"),
         ("x86_64", "x<n>_<n>"),  # ...but not architectures and checksum tools
         ("sha256sum", "sha<n>sum"),
