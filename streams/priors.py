@@ -36,43 +36,42 @@ def split_shard_key(shard_key: str) -> tuple[str, str]:
 
 
 class Prior:
-    """One shard's view of its org's snapshot: how many *other* workloads know a key."""
+    """One shard's view of its org's snapshot: how many of the org's workloads know a key.
 
-    __slots__ = ("known", "workload")
+    A shard consults it only for observations it does not know itself, so the count is
+    of its *other* workloads (but for a key the shard knew at the snapshot and has let
+    expire since).
+    """
 
-    def __init__(self, known: dict[str, frozenset[str]], workload: str):
+    __slots__ = ("known",)
+
+    def __init__(self, known: dict[str, int]):
         self.known = known
-        self.workload = workload
 
     def others(self, key: str) -> int:
-        workloads = self.known.get(key)
-        if workloads is None:
-            return 0
-        return len(workloads) - (self.workload in workloads)
+        return self.known.get(key, 0)
 
 
 class OrgPriors:
-    """Per org: observation key -> the workloads that know it."""
+    """Per org: observation key -> how many of its workloads know it."""
 
-    def __init__(self, by_org: dict[str, dict[str, frozenset[str]]] | None = None):
+    def __init__(self, by_org: dict[str, dict[str, int]] | None = None):
         self.by_org = by_org or {}
 
     @classmethod
     def build(cls, known: Iterable[tuple[str, Iterable[str]]]) -> "OrgPriors":
         """From ``(shard key, keys it knows)`` pairs (a shard listed twice: the last wins)."""
         latest: dict[str, Iterable[str]] = dict(known)
-        sets: dict[str, dict[str, set[str]]] = {}
+        counts: dict[str, dict[str, int]] = {}
         for shard_key, keys in latest.items():
-            org, workload = split_shard_key(shard_key)
-            table = sets.setdefault(org, {})
+            table = counts.setdefault(split_shard_key(shard_key)[0], {})
             for key in keys:
-                table.setdefault(key, set()).add(workload)
-        return cls({org: {k: frozenset(v) for k, v in table.items()} for org, table in sets.items()})
+                table[key] = table.get(key, 0) + 1
+        return cls(counts)
 
     def view(self, shard_key: str) -> Prior | None:
-        org, workload = split_shard_key(shard_key)
-        known = self.by_org.get(org)
-        return Prior(known, workload) if known else None
+        known = self.by_org.get(split_shard_key(shard_key)[0])
+        return Prior(known) if known else None
 
     def __len__(self) -> int:
         return sum(len(t) for t in self.by_org.values())
