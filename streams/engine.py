@@ -104,6 +104,15 @@ class Engine:
         out.extend(self._score(events[start:], now))
         return out
 
+    @property
+    def priors_day(self) -> float:
+        """The event-time day (days since the epoch) the priors snapshot was taken on."""
+        return self._prior_day
+
+    def restore_priors(self, day: float, priors: OrgPriors) -> None:
+        """Carry on with a snapshot taken earlier on ``day`` (a reloaded offline state)."""
+        self.priors, self._prior_day = priors, day
+
     def refresh_priors(self) -> None:
         """Take the org priors again from the shards in memory and ``stored_known``."""
         known: dict[str, list[str]] = dict(self.stored_known)

@@ -59,6 +59,7 @@ import itertools
 import math
 import re
 import warnings
+import zlib
 from array import array
 from collections.abc import Sequence
 from functools import lru_cache
@@ -798,7 +799,7 @@ class EvidenceShard:
         cols["ep_host"] = [r.ep_host for r in rows]
         cols["label"] = [r.label for r in rows]
         if meta:
-            state = base64.b64encode(self.scores.tobytes()).decode()
+            state = _pack_scores(self.scores)
             wm = self.watermark if math.isfinite(self.watermark) else 0.0
             row = (META_KEY, "meta", "", state, self.history, 0, 0.0, wm, self.thresholds[0], str(self.thresholds[1]), "")
             for name, v in zip(_SCHEMA.names, row):
@@ -813,7 +814,7 @@ class EvidenceShard:
             if key == META_KEY:
                 shard.history = int(cols["episodes"][i])
                 shard.watermark = float(cols["last_ts"][i]) if shard.history else float("-inf")
-                shard.scores = array("H", base64.b64decode(cols["value"][i]))
+                shard.scores = _unpack_scores(cols["value"][i])
                 shard.thresholds = (float(cols["ep_start"][i]), float(cols["ep_host"][i]))
                 continue
             ctx = shard.contexts.setdefault(key.rsplit(SEP, 1)[0], Context())
@@ -830,6 +831,21 @@ class EvidenceShard:
                 if top is None or stat.episodes > top[1].episodes:
                     shard._top_args[program] = (key, stat)
         return shard
+
+
+# The meta row's score window, compressed: mostly zeros, it is ~8 KiB raw (11 KiB as
+# base64), and written with every flush of its shard. The prefix is not base64's.
+_PACKED = "~"
+
+
+def _pack_scores(scores: array) -> str:
+    return _PACKED + base64.b64encode(zlib.compress(scores.tobytes(), 1)).decode()
+
+
+def _unpack_scores(value: str) -> array:
+    if value.startswith(_PACKED):
+        return array("H", zlib.decompress(base64.b64decode(value[len(_PACKED):])))
+    return array("H", base64.b64decode(value))  # (written before compression)
 
 
 _CONTRIBUTION = itemgetter(0)

@@ -31,7 +31,7 @@ from schemas.errors import ShardUnreadable
 from schemas.events import RawEvent, ScoredEvent
 from streams.algorithm import Changes
 from streams.engine import Engine
-from streams.priors import STORED_WHERE
+from streams.priors import STORED_WHERE, OrgPriors
 from streams.store import OFFLINE, Position, ShardStore, Stored, claim_key
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,8 @@ class ScoringService:
         self._fenced: list[str] = []
         # When the org priors last read what the store knows (monotonic; see refresh_stored_priors).
         self._stored_priors_at = float("-inf")
+        # The day of the org priors snapshot last saved (offline state only).
+        self._saved_priors_day = float("-inf")
 
     @property
     def algorithm(self) -> str:
@@ -206,8 +208,14 @@ class ScoringService:
                      position.source if position else "-", position.offset if position else "-")
 
     def flush(self) -> int:
-        """Persist every shard's changes, each with its position; returns shards written."""
-        return self.write(self.take_changes())
+        """Persist every shard's changes, each with its position; returns shards written.
+        Offline, also the org priors snapshot when a new one was taken."""
+        written = self.write(self.take_changes())
+        engine = self.engine
+        if self.fence is None and engine.priors is not None and engine.priors_day != self._saved_priors_day:
+            self.store.save_priors(self.algorithm, engine.priors_day, engine.priors.by_org)
+            self._saved_priors_day = engine.priors_day
+        return written
 
     def take_changes(self) -> PendingWrite:
         """Snapshot what changed since the last call (in memory, fast): each changed
@@ -273,8 +281,16 @@ class ScoringService:
         return [key for key in self.engine.shards if self.last_active.get(key, float("-inf")) < before]
 
     def _stored_priors_once(self) -> None:
-        if self._stored_priors_at == float("-inf"):
-            self.refresh_stored_priors()
+        if self._stored_priors_at != float("-inf"):
+            return
+        self.refresh_stored_priors()
+        if self.fence is None and self.engine.uses_priors:
+            # An offline state scores on with the snapshot it saved, as if it had never
+            # stopped (stream workers take their own: see README, Org priors).
+            saved = self.store.load_priors(self.algorithm)
+            if saved is not None:
+                self.engine.restore_priors(saved[0], OrgPriors(saved[1]))
+                self._saved_priors_day = saved[0]
 
     def refresh_stored_priors(self) -> None:
         """Read what the store knows of every shard for the org priors (streams.priors):

@@ -98,6 +98,7 @@ _OWNERS_SCHEMA = pa.schema([
 ])  # fmt: skip
 
 GROUP_PREFIX = "shards."
+PRIORS_PREFIX = "priors."
 
 
 def claim_key(source: str) -> str:
@@ -204,6 +205,28 @@ class ShardStore:
         prefix = f"{GROUP_PREFIX}{algorithm}."
         return sorted(n for n in self._db.list_tables().tables if n.startswith(prefix))
 
+    def save_priors(self, algorithm: str, day: float, by_org: Mapping[str, Mapping[str, int]]) -> None:
+        """The org priors snapshot ``ruleless score --state`` took on ``day`` (see
+        streams.priors), replacing the last one: a reload scores on with it."""
+        orgs = [org for org, table in by_org.items() for _ in table]
+        keys = [key for table in by_org.values() for key in table]
+        counts = [n for table in by_org.values() for n in table.values()]
+        rows = pa.table({"org": pa.array(orgs, pa.string()), "key": pa.array(keys, pa.string()),
+                         "count": pa.array(counts, pa.int32()), "day": pa.array([day] * len(keys), pa.float64())})  # fmt: skip
+        self._db.create_table(f"{PRIORS_PREFIX}{algorithm}", data=rows, mode="overwrite")
+
+    def load_priors(self, algorithm: str) -> tuple[float, dict[str, dict[str, int]]] | None:
+        table = self._open(f"{PRIORS_PREFIX}{algorithm}")
+        if table is None:
+            return None
+        rows = table.to_arrow()
+        if rows.num_rows == 0:
+            return None
+        by_org: dict[str, dict[str, int]] = {}
+        for org, key, count in zip(rows.column("org").to_pylist(), rows.column("key").to_pylist(), rows.column("count").to_pylist()):
+            by_org.setdefault(org, {})[key] = count
+        return float(rows.column("day")[0].as_py()), by_org
+
     def find(self, algorithm: str, key: str) -> Stored | None:
         """A shard wherever it is stored (reads every group: for tools and tests)."""
         for name in self.groups(algorithm):
@@ -231,7 +254,7 @@ class ShardStore:
         """Shards still in tables of their own (older releases): read, written into the
         group in one commit, then dropped — once, the first time each is needed."""
         if self._legacy is None:
-            self._legacy = {n for n in self._db.list_tables().tables if not n.startswith(GROUP_PREFIX) and n != OWNERS_TABLE}
+            self._legacy = {n for n in self._db.list_tables().tables if not n.startswith((GROUP_PREFIX, PRIORS_PREFIX)) and n != OWNERS_TABLE}
         found: dict[str, Stored] = {}
         for key in keys:
             name = legacy_table(algorithm, key)

@@ -100,3 +100,30 @@ def test_only_observations_seen_in_several_episodes_vouch() -> None:
     assert isinstance(priors, OrgPriors)
     view = priors.view("acme/db")
     assert view is None or not any("nc" in key for key in view.known)
+
+
+def test_a_reloaded_offline_state_scores_exactly_like_a_continuous_one(tmp_path: Path) -> None:
+    """Reload == continuous with org priors in play: the snapshot is saved with the state."""
+    stream = sorted(
+        [e for day in range(3) for e in workload_stream("acme", "ci", "ci", 300, seed=day, start=T0 + day * DAY)]
+        + [e for day in range(3) for e in workload_stream("acme", "db", "db", 300, seed=day, start=T0 + day * DAY + 100)]
+        + [tar_on_db("acme", T0 + day * DAY + 5000) for day in range(1, 3)]
+        # learned by ci after day 1's snapshot, before the reload: not in that day's priors
+        + [event(ts=T0 + DAY + t, org_id="acme", workload="ci", host=f"ci-{t}", process_name="rsync",
+                 cmdline="rsync -a /srv/x/ /srv/y/") for t in (150, 160)]
+        + [event(ts=T0 + DAY + 5100, org_id="acme", workload="db", host="db-1", process_name="rsync",
+                 cmdline="rsync -a /srv/x/ /srv/y/")],  # fmt: skip
+        key=lambda e: e.ts,
+    )
+
+    def svc(name: str) -> ScoringService:
+        return ScoringService(load_settings(lancedb={"uri": str(tmp_path / name)}))
+
+    expected = [s.score for s in svc("a").score(stream)]
+    cut = next(i for i, e in enumerate(stream) if e.ts > T0 + DAY + 300)  # mid-day 1, after its snapshot
+    first = svc("b")
+    got = [s.score for s in first.score(stream[:cut])]
+    first.flush()
+    got += [s.score for s in svc("b").score(stream[cut:])]
+    assert got == expected
+    assert any("org prior" in r for s in svc("c").score(stream) for r in s.reasons)
