@@ -9,8 +9,9 @@ chdb, the load generator), as `ruleless up` would. Figures:
 * the same with 2 workers in one group;
 * a plain consume-and-produce passthrough (confluent-kafka, same broker, same messages)
   for comparison;
-* the worker's own work on a plain confluent-kafka loop instead of Faust (a prototype,
-  not the shipped worker), to show what Faust's per-message machinery costs;
+* Faust's floor: a bare Faust agent that takes the same messages in the worker's
+  micro-batches and acks them (tests/faust_floor.py), the most any Faust worker can do
+  here; the worker's rate is reported as a ratio to it;
 * latency at a fixed offered load (5,000 events/s for 30 s, and 2,000/s below the
   worker's capacity): each event's ``ts`` is its produce time, the row's ``inserted_at``
   when it became visible; p50/p99 of the difference, over the first copy of each event.
@@ -18,6 +19,10 @@ chdb, the load generator), as `ruleless up` would. Figures:
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,15 +31,14 @@ import pytest
 from confluent_kafka import KafkaError
 
 from ruleless.kafka import consumer, ensure_topics, producer
-from ruleless.settings import LanceSettings, Settings
-from schemas.events import RawEvent, decode, encode
+from ruleless.settings import LanceSettings, Settings, child_environ
+from schemas.events import RawEvent, encode
 from sinks.query import query_http
-from streams.scoring import ScoringService
-from streams.store import Position
 from tests.bench import fleet, record
 from tests.processes import QUERY_TOKEN, produce_paced, ruleless_process
 
 pytestmark = pytest.mark.bench
+REPO = Path(__file__).resolve().parent.parent
 
 LOAD = 200_000
 RATE, SECONDS = 5_000, 30
@@ -147,47 +151,41 @@ def test_pipeline_sustained_throughput_benchmark(settings: Settings, stream: lis
     record("pipeline", "passthrough events/s (consume+produce)", rate_pass, "events/s", "", "confluent-kafka, same broker and messages")
     record("pipeline", "pipeline / passthrough", rate1 / rate_pass, "ratio", ">= 0.5")
 
-    bare = fresh(settings, "bare")
+    bare = fresh(settings, "floor")
     ensure_topics(bare.kafka, bare.topics)
     produce_all(bare, bare.topics.raw, stream)
-    record("pipeline", "worker loop without Faust (prototype, no sink)", loop_without_faust(bare, len(stream)), "events/s", "",
-           "confluent-kafka consume -> decode -> score -> produce -> delivery, LanceDB flush every 2 s, one thread; "
-           "not the shipped worker: what replacing Faust's consumption would give")
+    floor = faust_floor(bare, len(stream), tmp_path)
+    # Issue 17's fixed names, each with the baseline measured in this run.
+    record("fixed", "faust_floor_events_per_s", floor, "events/s", "",
+           "a bare Faust agent taking the loaded raw topic in the worker's micro-batches and acking each message")
+    record("fixed", "pipeline_one_worker_events_per_s", rate1, "events/s", "", f"baseline: faust_floor_events_per_s {floor:,.0f}")
+    record("fixed", "pipeline_vs_faust_floor", rate1 / floor, "x", ">= 0.8", "one worker (and the sink) / Faust's floor, same broker and messages")
+    record("fixed", "pipeline_two_workers_events_per_s", rate2, "events/s", ">= 1.7 x one", f"ratio to one worker {rate2 / rate1:.2f}")
 
 
-def loop_without_faust(settings: Settings, count: int) -> float:
-    """The worker's work — decode, score and learn, publish outputs and wait for their
-    delivery, flush shards, commit — on a plain confluent-kafka consumer, one thread.
-    Measures what Faust's per-message machinery costs the shipped worker."""
-    svc = ScoringService(settings)
-    cons = consumer(settings.kafka, f"bare-{time.time_ns()}")
-    prod = producer(settings.kafka, **{"linger.ms": 5})
-    cons.subscribe([settings.topics.raw])
-    done, started, last_flush = 0, 0.0, time.monotonic()
-    while done < count:
-        msgs = [m for m in cons.consume(2000, timeout=0.5) if m.error() is None]
-        if not msgs:
-            continue
-        started = started or time.perf_counter()
-        events = [decode(m.value()) for m in msgs]
-        positions = [Position(f"{m.topic()}/{m.partition()}", m.offset()) for m in msgs]
-        scored, skipped = svc.score_new(events, positions)
-        assert skipped == 0 and len(scored) == len(msgs)
-        for out in scored:
-            key, value = out.shard_key.encode(), encode(out)
-            prod.produce(settings.topics.scored, value, key)
-            if out.severity != "ok":
-                prod.produce(settings.topics.alerts, value, key)
-        assert prod.flush(60) == 0
-        done += len(msgs)
-        if time.monotonic() - last_flush >= settings.lancedb.flush_interval_s:
-            svc.flush()
-            cons.commit(asynchronous=False)
-            last_flush = time.monotonic()
-    svc.flush()
-    elapsed = time.perf_counter() - started
-    cons.close()
-    return count / elapsed
+def faust_floor(settings: Settings, count: int, tmp_path: Path) -> float:
+    """Messages/s of a bare Faust take-and-ack agent on the loaded raw topic
+    (tests/faust_floor.py), in a process of its own like the worker."""
+    result = tmp_path / "faust-floor.json"
+    env = child_environ(settings)
+    with open(tmp_path / "faust-floor.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "tests.faust_floor", str(count), str(result)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while not result.exists():
+            assert proc.poll() is None, (tmp_path / "faust-floor.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the Faust floor agent did not take every message within 10 minutes"
+            time.sleep(0.2)
+        time.sleep(0.1)  # (the file is written in one call; let it land)
+        figures = json.loads(result.read_text())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return figures["events"] / figures["seconds"]
 
 
 def copy_topic(settings: Settings, count: int) -> float:
@@ -248,6 +246,9 @@ def test_produce_to_clickhouse_latency_benchmark(settings: Settings, stream: lis
     record("latency", f"offered load {at}", offered, "events/s", f"{rate:,}", f"{SECONDS}s paced, 1 worker, 1 sink, {lat.engine.algorithm}")
     record("latency", f"produce -> row visible p50 {at}", p50, "s")
     record("latency", f"produce -> row visible p99 {at}", p99, "s", "<= 2" if rate == RATE else "")
+    if rate == RATE:
+        record("fixed", "p99_latency_s_at_5k", p99, "s", "<= 2",
+               f"produce -> row visible, {SECONDS}s at {RATE:,}/s, 100 shards; p50 {p50:.2f} s (10,000 shards: not measured yet)")
     record("latency", f"produce -> row visible max {at}", float(q["worst"]), "s")
     record("latency", f"produce -> scored (worker) p50/p99 {at}", q["qs"][0], "s", "", f"p99 {q['qs'][1]:.2f} s")
     record("latency", f"scored -> visible (sink) p50/p99 {at}", q["qk"][0], "s", "", f"p99 {q['qk'][1]:.2f} s")
