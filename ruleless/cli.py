@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -147,14 +146,17 @@ def score(
     scored and written. Exit code: 0, or 1 when more than --max-invalid lines were
     invalid, or 2 when the input cannot be read or the settings are wrong."""
     from streams.offline import bounded_lines, score_stream
+    from streams.scoring import ScoringService
+    from streams.store import NoStore
 
-    with tempfile.TemporaryDirectory(prefix="ruleless-state-") as tmp:
-        try:
-            settings = _settings(config, lancedb={"uri": str(state or tmp)}, engine={"algorithm": algorithm})
-            with _open(input, "rb") as src, _open(output, "w") as dst, _open(errors or "-", "w", sys.stderr) as err:
-                summary = score_stream(settings, bounded_lines(src), dst, errors=err, persist=state is not None)
-        except RulelessError as exc:
-            _fail(exc)
+    try:
+        settings = _settings(config, lancedb={"uri": str(state)} if state else {}, engine={"algorithm": algorithm})
+        # Without --state nothing is read or kept: no LanceDB at all.
+        service = ScoringService(settings, store=None if state else NoStore())  # type: ignore[arg-type]
+        with _open(input, "rb") as src, _open(output, "w") as dst, _open(errors or "-", "w", sys.stderr) as err:
+            summary = score_stream(settings, bounded_lines(src), dst, errors=err, service=service, persist=state is not None)
+    except RulelessError as exc:
+        _fail(exc)
     typer.echo(
         f"scored {summary.scored} events ({summary.warn} warn, {summary.alert} alert), "
         f"{summary.invalid} invalid lines",

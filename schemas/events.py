@@ -12,6 +12,7 @@ import hashlib
 import re
 import time
 from typing import Annotated, Literal, TypeVar
+from collections.abc import Sequence
 
 import msgspec
 
@@ -248,6 +249,11 @@ def derive_event_id(event: RawEvent) -> str:
 
 def encode(event: RawEvent | DeadLetter | Feedback | AlertNotification) -> bytes:
     return _encoder.encode(event)
+
+
+def encode_lines(events: Sequence[RawEvent]) -> bytes:
+    """Newline-terminated JSON lines, one per event, in one call (bulk output)."""
+    return _encoder.encode_lines(events)
 
 
 def json_schemas() -> dict[str, dict]:  # type: ignore[type-arg]

@@ -16,7 +16,7 @@ import msgspec
 
 from ruleless.settings import Settings
 from schemas.errors import DecodeError
-from schemas.events import RawEvent, decode, encode
+from schemas.events import RawEvent, decode, encode_lines
 from streams.scoring import ScoringService
 
 log = logging.getLogger(__name__)
@@ -54,11 +54,12 @@ def score_stream(
     summary = ScoreSummary()
     last_write = time.monotonic()
     for batch in _batches(_decoded(lines, summary, errors), batch_size):
-        for scored in service.score(batch):
-            out.write(encode(scored).decode() + "\n")
-            summary.scored += 1
-            summary.warn += scored.severity == "warn"
-            summary.alert += scored.severity == "alert"
+        scored = service.score(batch)
+        out.write(encode_lines(scored).decode())
+        summary.scored += len(scored)
+        for event in scored:
+            summary.warn += event.severity == "warn"
+            summary.alert += event.severity == "alert"
         if persist and time.monotonic() - last_write >= PERSIST_EVERY_S:
             service.flush()
             last_write = time.monotonic()

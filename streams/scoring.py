@@ -316,7 +316,8 @@ class ScoringService:
         self.engine.stored_known = known
         if self.engine.priors is None and known:
             self.engine.refresh_priors()
-        log.info("org priors: %d shards' knowledge read from the store", len(known))
+        if known:
+            log.info("org priors: %d shards' knowledge read from the store", len(known))
 
     def stored_priors_due(self) -> bool:
         return time.monotonic() - self._stored_priors_at >= self.settings.engine.prior_refresh_s

@@ -35,14 +35,17 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
-import lancedb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.errors import ShardUnreadable
 from streams.algorithm import Changes
+
+if TYPE_CHECKING:
+    import lancedb
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +133,8 @@ class ShardStore:
     def __init__(self, uri: str, cache_mib: int = DEFAULT_CACHE_MIB):
         self.uri = uri
         size = cache_mib << 20
+        import lancedb  # (here: a second to import, and `ruleless score` without --state never needs it)
+
         self._db = lancedb.connect(uri, session=lancedb.Session(index_cache_size_bytes=size, metadata_cache_size_bytes=size))
         self._touched: set[str] = set()
         # Highest sequence number per group table, as last read or written here.
@@ -331,6 +336,31 @@ class ShardStore:
 
 
 # -- rows ------------------------------------------------------------------------------------
+
+
+class NoStore:
+    """Where ``ruleless score`` without ``--state`` keeps shards: nowhere. Every shard
+    starts empty and nothing is written (the offline path's calls only)."""
+
+    uri = ""
+
+    def load(self, algorithm: str, group: str, keys: Iterable[str]) -> dict[str, Stored]:
+        return {}
+
+    def write(self, algorithm: str, group: str, shards: Mapping[str, tuple[Changes, Position | None]]) -> None:
+        pass
+
+    def scan(self, algorithm: str, columns: list[str], where: str) -> Iterator[pa.Table]:
+        return iter(())
+
+    def save_priors(self, algorithm: str, day: float, by_org: Mapping[str, Mapping[str, int]]) -> None:
+        pass
+
+    def load_priors(self, algorithm: str) -> None:
+        return None
+
+    def compact(self) -> int:
+        return 0
 
 
 def _quoted(keys: list[str]) -> str:
