@@ -500,7 +500,7 @@ class EvidenceShard:
     def score_and_learn(self, events: Sequence[RawEvent], prior: Prior | None = None) -> list[Verdict]:
         """Score then learn each event; ``prior`` is what the org's other workloads know
         (see streams.priors), consulted only for what this shard has never seen."""
-        out = []
+        out: list[Verdict] = []
         for event in events:
             ts = event.ts
             if ts > self.watermark:
@@ -512,7 +512,7 @@ class EvidenceShard:
             obs, stats = entry[0], entry[1]
             if entry[3]:
                 # The hot path: a behaviour whose every part is well known.
-                out.append(Verdict(0.0, ["known behaviour"], self.history, self.thresholds))
+                out.append((0.0, ["known behaviour"], self.history, self.thresholds))
                 self.history += 1
                 for stat in stats:
                     stat.count += 1
@@ -521,7 +521,7 @@ class EvidenceShard:
                 score = 0.0
             else:
                 score, reasons, entry[3] = self._score(obs, stats, ts, event.host, prior)
-                out.append(Verdict(score, reasons, self.history, self.thresholds))
+                out.append((score, reasons, self.history, self.thresholds))
                 self._learn(obs, stats, ts, event.host)
             self._touched[id(obs)] = obs
             self.scores[self.history % SCORE_WINDOW] = round(score * 1000)

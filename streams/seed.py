@@ -140,7 +140,7 @@ class SeedShard:
         reasons = self._reasons(tokens, nearest, dist)
         self._learn(event, tokens, vec, key, sq, cutoff)
         self.watermark = now
-        return Verdict(score=score, reasons=reasons, history=history)
+        return (score, reasons, history, None)
 
     def _nearest(
         self, vec: np.ndarray, sq: float, cutoff: float, pre_row: np.ndarray | None, n0: int

@@ -112,7 +112,9 @@ class ScoringAgent:
         self.service = ScoringService(settings)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lancedb")
-        self.producer = make_producer(settings.kafka, **{"linger.ms": 5})
+        # Delivery reports of failures only: _delivered has nothing to do for a success,
+        # and a Python callback per output was measurable on the engine thread.
+        self.producer = make_producer(settings.kafka, **{"linger.ms": 5, "delivery.report.only.error": True})
         self.topics = settings.topics
         self._pending: list[EventT] = []
         self._stream: Any = None
