@@ -10,13 +10,14 @@ import gc
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 from msgspec.structs import astuple
 from threadpoolctl import threadpool_limits
 
 from ruleless.settings import EngineSettings
 from schemas.events import RawEvent, ScoredEvent
 from streams.algorithm import Algorithm, Changes, ShardModel, make_algorithm
-from streams.priors import OrgPriors
+from streams.priors import OrgPriors, key_hashes
 
 _blas_limited = False
 DAY_S = 86_400.0
@@ -63,7 +64,7 @@ class Engine:
         # ``stored_known`` — what the store knows of shards not in memory, supplied by
         # the caller. None until the first snapshot.
         self.priors: OrgPriors | None = None
-        self.stored_known: dict[str, list[str]] = {}
+        self.stored_known: dict[str, np.ndarray] = {}  # shard -> hashes of the keys it knows
         self._prior_day = float("-inf")
         self.uses_priors = settings.org_priors and hasattr(self.algorithm.new_shard(), "known_keys")
 
@@ -115,9 +116,9 @@ class Engine:
 
     def refresh_priors(self) -> None:
         """Take the org priors again from the shards in memory and ``stored_known``."""
-        known: dict[str, list[str]] = dict(self.stored_known)
+        known = {key: hashes for key, hashes in self.stored_known.items() if key not in self.shards}
         for key, shard in self.shards.items():
-            known[key] = shard.known_keys()  # type: ignore[attr-defined]
+            known[key] = key_hashes(shard.known_keys())  # type: ignore[attr-defined]
         self.priors = OrgPriors.build(known.items())
 
     def _score(self, events: Sequence[RawEvent], now: float) -> list[ScoredEvent]:

@@ -14,7 +14,10 @@ scoring service adds what the store knows of the shards it does not hold.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
+
+import numpy as np
 
 # An observation counts as known to a workload once seen in this many episodes: one
 # sighting (perhaps an attacker's) must not vouch for it across the org.
@@ -35,6 +38,15 @@ def split_shard_key(shard_key: str) -> tuple[str, str]:
     return org, workload
 
 
+def key_hash(key: str) -> int:
+    """A stable 64-bit hash of an observation key (snapshots are saved and read back)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+
+
+def key_hashes(keys: Iterable[str]) -> np.ndarray:
+    return np.fromiter((key_hash(k) for k in keys), dtype=np.uint64)
+
+
 class Prior:
     """One shard's view of its org's snapshot: how many of the org's workloads know a key.
 
@@ -43,35 +55,43 @@ class Prior:
     expire since).
     """
 
-    __slots__ = ("known",)
+    __slots__ = ("hashes", "counts")
 
-    def __init__(self, known: dict[str, int]):
-        self.known = known
+    def __init__(self, hashes: np.ndarray, counts: np.ndarray):
+        self.hashes = hashes
+        self.counts = counts
 
     def others(self, key: str) -> int:
-        return self.known.get(key, 0)
+        h = np.uint64(key_hash(key))
+        i = int(np.searchsorted(self.hashes, h))
+        return int(self.counts[i]) if i < len(self.hashes) and self.hashes[i] == h else 0
 
 
 class OrgPriors:
-    """Per org: observation key -> how many of its workloads know it."""
+    """Per org: the hashes of the observation keys its workloads know (sorted) and how
+    many workloads know each — 10 bytes a key, however many shards hold it."""
 
-    def __init__(self, by_org: dict[str, dict[str, int]] | None = None):
+    def __init__(self, by_org: dict[str, tuple[np.ndarray, np.ndarray]] | None = None):
         self.by_org = by_org or {}
 
     @classmethod
-    def build(cls, known: Iterable[tuple[str, Iterable[str]]]) -> "OrgPriors":
-        """From ``(shard key, keys it knows)`` pairs (a shard listed twice: the last wins)."""
-        latest: dict[str, Iterable[str]] = dict(known)
-        counts: dict[str, dict[str, int]] = {}
-        for shard_key, keys in latest.items():
-            table = counts.setdefault(split_shard_key(shard_key)[0], {})
-            for key in keys:
-                table[key] = table.get(key, 0) + 1
-        return cls(counts)
+    def build(cls, known: Iterable[tuple[str, np.ndarray]]) -> "OrgPriors":
+        """From ``(shard key, hashes of the keys it knows)`` pairs (see :func:`key_hashes`;
+        a shard listed twice: the last wins)."""
+        latest: dict[str, np.ndarray] = dict(known)
+        per_org: dict[str, list[np.ndarray]] = {}
+        for shard_key, hashes in latest.items():
+            # (unique per shard: a shard counts once per key)
+            per_org.setdefault(split_shard_key(shard_key)[0], []).append(np.unique(hashes))
+        by_org = {}
+        for org, parts in per_org.items():
+            hashes, counts = np.unique(np.concatenate(parts), return_counts=True)
+            by_org[org] = (hashes, np.minimum(counts, 65535).astype(np.uint16))
+        return cls(by_org)
 
     def view(self, shard_key: str) -> Prior | None:
-        known = self.by_org.get(split_shard_key(shard_key)[0])
-        return Prior(known) if known else None
+        table = self.by_org.get(split_shard_key(shard_key)[0])
+        return Prior(*table) if table is not None and len(table[0]) else None
 
     def __len__(self) -> int:
-        return sum(len(t) for t in self.by_org.values())
+        return sum(len(h) for h, _ in self.by_org.values())

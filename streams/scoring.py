@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 
 from ruleless.settings import Settings
@@ -31,7 +32,7 @@ from schemas.errors import ShardUnreadable
 from schemas.events import RawEvent, ScoredEvent
 from streams.algorithm import Changes
 from streams.engine import Engine
-from streams.priors import STORED_WHERE, OrgPriors
+from streams.priors import STORED_WHERE, OrgPriors, key_hashes
 from streams.store import OFFLINE, Position, ShardStore, Stored, claim_key
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,8 @@ class ScoringService:
         """
         for event, position in zip(events, positions, strict=True):
             self.partition_of[event.shard_key] = claim_key(position.source)  # (where it is stored)
-        self._stored_priors_once()
+        # (A stream worker reads the store's knowledge for the priors at its maintenance,
+        # on its writer thread: a scan of every group table must not delay scoring.)
         self._load(self.engine.missing(events))
         fresh: list[RawEvent] = []
         touched: set[str] = set()
@@ -298,18 +300,23 @@ class ScoringService:
         engine takes it into its next snapshot (at the next event-time day)."""
         self.apply_stored_priors(self.read_stored_priors())
 
-    def read_stored_priors(self) -> dict[str, list[str]] | None:
-        """(I/O only: a stream worker runs it on its writer thread.)"""
+    def read_stored_priors(self) -> dict[str, np.ndarray] | None:
+        """(I/O only: a stream worker runs it on its writer thread.) Per stored shard, the
+        hashes of the keys it knows (8 bytes a key: no key text is kept)."""
         self._stored_priors_at = time.monotonic()
         if not self.engine.uses_priors:
             return None
-        known: dict[str, list[str]] = {}
+        lists: dict[str, list[str]] = {}
         for rows in self.store.scan(self.algorithm, ["_shard", "key"], STORED_WHERE):
             for shard, key in zip(rows.column("_shard").to_pylist(), rows.column("key").to_pylist()):
-                known.setdefault(shard, []).append(key)
+                lists.setdefault(shard, []).append(key)
+            del rows
+        known = {shard: key_hashes(keys) for shard, keys in lists.items()}
+        del lists
+        pa.default_memory_pool().release_unused()
         return known
 
-    def apply_stored_priors(self, known: dict[str, list[str]] | None) -> None:
+    def apply_stored_priors(self, known: dict[str, np.ndarray] | None) -> None:
         """(The engine's thread.)"""
         if known is None:
             return

@@ -210,26 +210,28 @@ class ShardStore:
         prefix = f"{GROUP_PREFIX}{algorithm}."
         return sorted(n for n in self._db.list_tables().tables if n.startswith(prefix))
 
-    def save_priors(self, algorithm: str, day: float, by_org: Mapping[str, Mapping[str, int]]) -> None:
+    def save_priors(self, algorithm: str, day: float, by_org: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
         """The org priors snapshot ``ruleless score --state`` took on ``day`` (see
-        streams.priors), replacing the last one: a reload scores on with it."""
-        orgs = [org for org, table in by_org.items() for _ in table]
-        keys = [key for table in by_org.values() for key in table]
-        counts = [n for table in by_org.values() for n in table.values()]
-        rows = pa.table({"org": pa.array(orgs, pa.string()), "key": pa.array(keys, pa.string()),
-                         "count": pa.array(counts, pa.int32()), "day": pa.array([day] * len(keys), pa.float64())})  # fmt: skip
+        streams.priors: per org, key hashes and counts), replacing the last one: a
+        reload scores on with it."""
+        orgs = [org for org, (hashes, _) in by_org.items() for _ in range(len(hashes))]
+        hashes = np.concatenate([h for h, _ in by_org.values()]) if by_org else np.empty(0, np.uint64)
+        counts = np.concatenate([c for _, c in by_org.values()]) if by_org else np.empty(0, np.uint16)
+        rows = pa.table({"org": pa.array(orgs, pa.string()), "hash": pa.array(hashes, pa.uint64()),
+                         "count": pa.array(counts, pa.uint16()), "day": pa.array([day] * len(orgs), pa.float64())})  # fmt: skip
         self._db.create_table(f"{PRIORS_PREFIX}{algorithm}", data=rows, mode="overwrite")
 
-    def load_priors(self, algorithm: str) -> tuple[float, dict[str, dict[str, int]]] | None:
+    def load_priors(self, algorithm: str) -> tuple[float, dict[str, tuple[np.ndarray, np.ndarray]]] | None:
         table = self._open(f"{PRIORS_PREFIX}{algorithm}")
         if table is None:
             return None
         rows = table.to_arrow()
-        if rows.num_rows == 0:
+        if rows.num_rows == 0 or "hash" not in rows.column_names:
             return None
-        by_org: dict[str, dict[str, int]] = {}
-        for org, key, count in zip(rows.column("org").to_pylist(), rows.column("key").to_pylist(), rows.column("count").to_pylist()):
-            by_org.setdefault(org, {})[key] = count
+        orgs = np.asarray(rows.column("org").to_pylist(), dtype=object)
+        hashes = rows.column("hash").to_numpy()
+        counts = rows.column("count").to_numpy()
+        by_org = {str(org): (hashes[orgs == org], counts[orgs == org]) for org in np.unique(orgs)}
         return float(rows.column("day")[0].as_py()), by_org
 
     def find(self, algorithm: str, key: str) -> Stored | None:
@@ -353,7 +355,7 @@ class NoStore:
     def scan(self, algorithm: str, columns: list[str], where: str) -> Iterator[pa.Table]:
         return iter(())
 
-    def save_priors(self, algorithm: str, day: float, by_org: Mapping[str, Mapping[str, int]]) -> None:
+    def save_priors(self, algorithm: str, day: float, by_org: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
         pass
 
     def load_priors(self, algorithm: str) -> None:
