@@ -114,9 +114,6 @@ class EngineSettings(BaseModel):
     # Org priors (streams.priors): what an org's other workloads know tempers novelty
     # in this one, and a new workload starts from its org's knowledge.
     org_priors: bool = True
-    # How often a stream worker reads the store's knowledge of the shards it does not
-    # hold (other workers' partitions) for the priors: a scan of every group table.
-    prior_refresh_s: float = Field(600.0, gt=0)
 
     def retention_for(self, algorithm: str) -> float:
         return self.retention_days or DEFAULT_RETENTION_DAYS.get(algorithm, 7.0)

@@ -374,9 +374,6 @@ class ScoringAgent:
             self.failed = True
             raise
         log.info("maintenance: compacted %d tables", tables)
-        if self.service.stored_priors_due():
-            known = await asyncio.get_running_loop().run_in_executor(self.writer, self.service.read_stored_priors)
-            await self._engine(self.service.apply_stored_priors, known)
 
     def _evict_idle_now(self, before: float) -> list[str]:
         """(engine thread, so no feedback can land between the check and the eviction)"""

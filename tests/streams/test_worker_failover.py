@@ -54,8 +54,8 @@ def assignment(log: Path) -> set[int] | None:
 
 
 def exact(settings: Settings, algorithm: str) -> Settings:
-    """``algorithm`` without org priors: a worker's priors snapshot depends on when it
-    read what other workers stored (README, Org priors), so scores equal to the offline
+    """``algorithm`` without org priors: a worker's priors snapshot depends on the shards
+    it holds when it takes it (README, Org priors), so scores equal to the offline
     engine's — the exactly-once learning these tests check — hold without them."""
     return settings.model_copy(update={"engine": settings.engine.model_copy(update={"algorithm": algorithm, "org_priors": False})})
 
