@@ -24,7 +24,6 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import pyarrow as pa
 
 from ruleless.settings import Settings
@@ -129,8 +128,6 @@ class ScoringService:
         """
         for event, position in zip(events, positions, strict=True):
             self.partition_of[event.shard_key] = claim_key(position.source)  # (where it is stored)
-        # (A stream worker reads the store's knowledge for the priors at its maintenance,
-        # on its writer thread: a scan of every group table must not delay scoring.)
         self._load(self.engine.missing(events))
         fresh: list[RawEvent] = []
         touched: set[str] = set()
