@@ -34,20 +34,23 @@ Verdict = tuple[float, list[str], int, "tuple[float, float] | None"]
 
 @dataclass(frozen=True, slots=True)
 class Changes:
-    """Rows to upsert and keys to delete since the last ``take_changes``."""
+    """Rows to upsert and keys to delete since the last ``take_changes``: by key
+    (``deletes``), or as a SQL predicate over the algorithm's columns (``expired``, for
+    an algorithm that keeps no key text in memory)."""
 
     upserts: pa.Table | None
     deletes: list[str]
+    expired: str = ""
 
     @property
     def empty(self) -> bool:
-        return (self.upserts is None or self.upserts.num_rows == 0) and not self.deletes
+        return (self.upserts is None or self.upserts.num_rows == 0) and not self.deletes and not self.expired
 
 
 class ShardModel(Protocol):
     def score_and_learn(self, events: Sequence[RawEvent], prior: Prior | None = None) -> list[Verdict]:
         """``prior``: what the org's other workloads know (streams.priors); algorithms
-        that do not use priors ignore it, and those that do also have ``known_keys()``."""
+        that do not use priors ignore it, and those that do also have ``known_hashes()``."""
         ...
 
     def feedback(self, event: RawEvent, label: str) -> None:

@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 from ruleless.settings import EngineSettings
 from schemas.events import RawEvent, ScoredEvent
 from streams.algorithm import Algorithm, Changes, ShardModel, make_algorithm
-from streams.priors import OrgPriors, key_hashes
+from streams.priors import OrgPriors
 
 _blas_limited = False
 DAY_S = 86_400.0
@@ -66,7 +66,7 @@ class Engine:
         self.priors: OrgPriors | None = None
         self.stored_known: dict[str, np.ndarray] = {}  # shard -> hashes of the keys it knows
         self._prior_day = float("-inf")
-        self.uses_priors = settings.org_priors and hasattr(self.algorithm.new_shard(), "known_keys")
+        self.uses_priors = settings.org_priors and hasattr(self.algorithm.new_shard(), "known_hashes")
 
     @property
     def model(self) -> str:
@@ -118,7 +118,7 @@ class Engine:
         """Take the org priors again from the shards in memory and ``stored_known``."""
         known = {key: hashes for key, hashes in self.stored_known.items() if key not in self.shards}
         for key, shard in self.shards.items():
-            known[key] = key_hashes(shard.known_keys())  # type: ignore[attr-defined]
+            known[key] = shard.known_hashes()  # type: ignore[attr-defined]
         self.priors = OrgPriors.build(known.items())
 
     def _score(self, events: Sequence[RawEvent], now: float) -> list[ScoredEvent]:

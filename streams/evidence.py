@@ -69,13 +69,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ruleless.settings import EngineSettings
 from schemas.events import RawEvent
 from streams.algorithm import Changes, Verdict, register
 from streams.priors import KINDS as PRIOR_KINDS
 from streams.priors import MIN_EPISODES as PRIOR_MIN_EPISODES
-from streams.priors import Prior
+from streams.priors import Prior, key_hash
 from streams.normalize import (
     basename, code_words, data_shape, interpreter_code, is_vocabulary, normalize_token, program_path, script_commands, shell_script, split_args,
     write_targets,
@@ -165,6 +166,7 @@ class Observation:
 
     __slots__ = (
         "kind", "ctx", "value", "weight", "key", "ctx_key", "rate_key", "is_args", "names_args", "own_rate", "_description",
+        "khash", "ctx_hash", "rate_hash", "shared",
     )
 
     def __init__(self, kind: str, ctx: str, value: str, weight: float, rate_kind: str | None = None):
@@ -180,6 +182,11 @@ class Observation:
         self.rate_key = f"{rate_kind}{SEP}{ctx}" if rate_kind else self.ctx_key
         self.own_rate = not rate_kind
         self._description: str | None = None
+        # What a shard's state is indexed by (it keeps no key text: see Stats).
+        self.khash = key_hash(self.key)
+        self.ctx_hash = _context_hash(self.ctx_key)
+        self.rate_hash = _context_hash(self.rate_key)
+        self.shared = kind in PRIOR_KINDS  # (may vouch for it across the org: streams.priors)
 
     @property
     def description(self) -> str:
@@ -195,6 +202,9 @@ class Observation:
 
 
 # -- featurisation ---------------------------------------------------------------------
+
+_context_hash = lru_cache(maxsize=1 << 16)(key_hash)
+
 
 # Interned: most observations (a program, its parent, a common flag) are shared by many
 # behaviours, so a new behaviour usually builds only its few new ones.
@@ -402,52 +412,170 @@ class BehaviourCache:
         self.young[key] = entry
 
 
-class Context:
-    """What a shard learned of one context: episodes of all its values, and how many
-    distinct values it has (its novelty rate follows from the two)."""
+class Index:
+    """Rows of a shard's table by the 62-bit hash of their key: open addressing over an
+    array of row numbers (-1: empty), with the hashes themselves in ``keys`` (row order).
 
-    __slots__ = ("episodes", "values")
+    A dict of str to objects cost ~880 bytes per learned observation (issue 17); this
+    and the column arrays beside it cost ~60, and keep no key text (LanceDB has it).
+    """
 
-    def __init__(self, episodes: int = 0, values: int = 0):
-        self.episodes = episodes
-        self.values = values
+    __slots__ = ("keys", "slots", "mask")
 
-    def __deepcopy__(self, memo: dict) -> "Context":
-        return Context(self.episodes, self.values)
+    def __init__(self, keys: array[int] | None = None):
+        self.keys: array[int] = keys if keys is not None else array("q")
+        self.slots: array[int] = array("i")
+        self.mask = 0
+        self._rebuild()
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def find(self, h: int) -> int:
+        """The row of hash ``h``, or -1."""
+        slots, keys, mask = self.slots, self.keys, self.mask
+        i = h & mask
+        while True:
+            row = slots[i]
+            if row < 0 or keys[row] == h:
+                return row
+            i = (i + 1) & mask
+
+    def add(self, h: int) -> int:
+        """A new row for hash ``h`` (not in the index yet); the caller appends its columns."""
+        row = len(self.keys)
+        self.keys.append(h)
+        if 3 * (row + 1) > 2 * len(self.slots):
+            self._rebuild()
+        else:
+            self._place(h, row)
+        return row
+
+    def _place(self, h: int, row: int) -> None:
+        slots, mask = self.slots, self.mask
+        i = h & mask
+        while slots[i] >= 0:
+            i = (i + 1) & mask
+        slots[i] = row
+
+    def _rebuild(self) -> None:
+        size = 8
+        while 3 * len(self.keys) > size:  # at most a third full after a rebuild
+            size *= 2
+        self.slots = array("i", b"\xff" * (4 * size))
+        self.mask = size - 1
+        for row, h in enumerate(self.keys):
+            self._place(h, row)
+
+    def __deepcopy__(self, memo: dict) -> "Index":
+        return Index(array("q", self.keys))
 
 
-class Stat:
-    """What a shard learned of one observation. Mutated in place, never replaced:
-    compiled behaviours hold references to their observations' stats."""
+class Contexts:
+    """What a shard learned of each context, one row each: the episodes of all its values,
+    and how many distinct values it has (its novelty rate follows from the two)."""
 
-    __slots__ = ("episodes", "count", "first_ts", "last_ts", "ep_start", "ep_host", "label", "ctx")
+    __slots__ = ("index", "episodes", "values")
 
-    def __init__(
-        self, episodes: int, count: int, first_ts: float, last_ts: float, ep_start: float, ep_host: str,
-        label: str, ctx: Context,
-    ):
-        self.episodes = episodes
-        self.count = count
-        self.first_ts = first_ts
-        self.last_ts = last_ts
-        self.ep_start = ep_start  # when the current episode started, and on which host
-        self.ep_host = ep_host
-        self.label = label
-        self.ctx = ctx
+    def __init__(self) -> None:
+        self.index = Index()
+        self.episodes: array[int] = array("q")
+        self.values: array[int] = array("q")
 
-    def restart(self, episodes: int, ts: float, host: str, label: str, ctx: Context) -> None:
-        self.episodes, self.count, self.first_ts, self.last_ts, self.ep_start = episodes, 1, ts, ts, ts
-        self.ep_host, self.label, self.ctx = host, label, ctx
+    def row(self, h: int) -> int:
+        """The context's row, added empty if new."""
+        row = self.index.find(h)
+        if row < 0:
+            row = self.index.add(h)
+            self.episodes.append(0)
+            self.values.append(0)
+        return row
 
-    def __deepcopy__(self, memo: dict) -> "Stat":
-        ctx = copy.deepcopy(self.ctx, memo)  # (shared by its context's stats: copied once)
-        return Stat(self.episodes, self.count, self.first_ts, self.last_ts, self.ep_start, self.ep_host, self.label, ctx)
+    def __deepcopy__(self, memo: dict) -> "Contexts":
+        copied = Contexts()
+        copied.index = copy.deepcopy(self.index, memo)
+        copied.episodes, copied.values = array("q", self.episodes), array("q", self.values)
+        return copied
+
+
+# Labels in the state (0: none).
+_LABEL_CODES = {"": 0, _LABEL_BENIGN: 1, _LABEL_MALICIOUS: 2}
+_LABEL_NAMES = ("", _LABEL_BENIGN, _LABEL_MALICIOUS)
+_BENIGN, _MALICIOUS = 1, 2
+
+
+# Stats' columns and their array type codes.
+_STAT_COLUMNS = (("episodes", "q"), ("count", "q"), ("first_ts", "d"), ("last_ts", "d"), ("ep_start", "d"),
+                 ("ep_host", "i"), ("label", "b"), ("ctx", "i"), ("shared", "b"))  # fmt: skip
+
+
+class Stats:
+    """What a shard learned of each observation, one row each, column by column: its
+    episodes and sightings, first and last seen, when and on which host (a number: see
+    EvidenceShard.hosts) its current episode started, its label, its context's row, and
+    whether it may vouch for the observation across the org (streams.priors).
+
+    Rows are numbered in the order they were learned; expiry drops rows and renumbers
+    (EvidenceShard._expire), which is when compiled behaviours look theirs up again.
+    """
+
+    __slots__ = ("index", "episodes", "count", "first_ts", "last_ts", "ep_start", "ep_host", "label", "ctx", "shared")
+
+    def __init__(self) -> None:
+        self.index = Index()
+        self.episodes: array[int] = array("q")
+        self.count: array[int] = array("q")
+        self.first_ts: array[float] = array("d")
+        self.last_ts: array[float] = array("d")
+        self.ep_start: array[float] = array("d")
+        self.ep_host: array[int] = array("i")
+        self.label: array[int] = array("b")
+        self.ctx: array[int] = array("i")
+        self.shared: array[int] = array("b")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def add(self, o: Observation, episodes: int, ts: float, host: int, label: int, ctx: int) -> int:
+        row = self.index.add(o.khash)
+        self.episodes.append(episodes)
+        self.count.append(1)
+        self.first_ts.append(ts)
+        self.last_ts.append(ts)
+        self.ep_start.append(ts)
+        self.ep_host.append(host)
+        self.label.append(label)
+        self.ctx.append(ctx)
+        self.shared.append(1 if o.shared else 0)
+        return row
+
+    def restart(self, row: int, episodes: int, ts: float, host: int, label: int) -> None:
+        self.episodes[row], self.count[row] = episodes, 1
+        self.first_ts[row] = self.last_ts[row] = self.ep_start[row] = ts
+        self.ep_host[row], self.label[row] = host, label
+
+    def column(self, name: str) -> np.ndarray:
+        """A column as numpy (a view: nothing may be appended while it is alive)."""
+        return np.frombuffer(getattr(self, name), dtype=getattr(self, name).typecode)
+
+    def keep(self, kept: np.ndarray) -> None:
+        """Keep only the rows ``kept`` (a boolean mask), renumbered in order."""
+        for name, code in _STAT_COLUMNS:
+            setattr(self, name, array(code, self.column(name)[kept].tobytes()))
+        self.index = Index(array("q", np.frombuffer(self.index.keys, dtype=np.int64)[kept].tobytes()))
+
+    def __deepcopy__(self, memo: dict) -> "Stats":
+        copied = Stats()
+        copied.index = copy.deepcopy(self.index, memo)
+        for name, code in _STAT_COLUMNS:
+            setattr(copied, name, array(code, getattr(self, name)))
+        return copied
 
 
 # What a copy of a shard copies (all but its settings, its identity and the shared cache).
 _LEARNED_STATE = (
-    "stats", "contexts", "history", "watermark", "_next_day", "scores", "thresholds", "_dirty", "_touched",
-    "_deleted", "_top_args", "_epoch",
+    "stats", "contexts", "hosts", "host_ids", "history", "watermark", "_next_day", "scores", "thresholds", "_dirty",
+    "_touched", "_expired_before", "_top_args", "_epoch", "_complete",
 )
 
 
@@ -461,26 +589,35 @@ class EvidenceShard:
         self.retention_s = retention_s
         self.defaults = (warn, alert)
         self.rates = (warn_rate, alert_rate)
-        self.stats: dict[str, Stat] = {}
-        self.contexts: dict[str, Context] = {}
+        self.stats = Stats()
+        self.contexts = Contexts()
+        # The hosts that started the stats' current episodes (Stats.ep_host numbers them).
+        self.hosts: list[str] = []
+        self.host_ids: dict[str, int] = {}
         self.history = 0
         self.watermark = float("-inf")
         # The watermark's next day boundary (-inf: not known yet; see _advance_clock).
         self._next_day = float("-inf")
-        self.scores = array("H", bytes(2 * SCORE_WINDOW))
+        # Recent scores, one per event, at history % SCORE_WINDOW (grown to the window
+        # as history grows: most of a small shard's window would be zeros).
+        self.scores = array("H", [0])
         self.thresholds = (warn, alert)
-        self._dirty: set[str] = set()
+        self._dirty: list[Observation] = []
         # Observations learned since take_changes, per behaviour: marking each key dirty
         # on every event would cost more than the learning itself.
         self._touched: dict[int, tuple[Observation, ...]] = {}
-        self._deleted: list[str] = []
-        # program -> (key, stat) of its argument template seen in most episodes (reasons only).
-        self._top_args: dict[str, tuple[str, Stat]] = {}
-        # (shard uid, behaviour) -> [observations, their stats, epoch, quiet], shared by the
-        # algorithm's shards (see _compiled)
+        # The last expiry's cutoff not yet taken (see take_changes), or None.
+        self._expired_before: float | None = None
+        # program -> (key, row) of its argument template seen in most episodes (reasons only).
+        self._top_args: dict[str, tuple[str, int]] = {}
+        # (shard uid, behaviour) -> [observations, their rows (-1: never seen), epoch, quiet],
+        # shared by the algorithm's shards (see _compiled)
         self._behaviours = behaviours if behaviours is not None else BehaviourCache()
         self._uid = next(_shard_uids)
         self._epoch = 0
+        # Whether every row's key text is at hand (see to_table): true until the first
+        # take_changes or for a shard loaded from a table, whose text stays in LanceDB.
+        self._complete = True
 
     def __len__(self) -> int:
         return len(self.stats)
@@ -501,43 +638,84 @@ class EvidenceShard:
         """Score then learn each event; ``prior`` is what the org's other workloads know
         (see streams.priors), consulted only for what this shard has never seen."""
         out: list[Verdict] = []
+        # Quiet behaviours seen since their sightings were last counted into the rows
+        # (see _count_quiet): counted before anything reads the rows, and at the end.
+        quiet: list[list] = []
         for event in events:
             ts = event.ts
             if ts > self.watermark:
                 if ts >= self._next_day:
+                    if quiet:
+                        self._count_quiet(quiet)
                     self._advance_clock(ts)
                 else:
                     self.watermark = ts
             entry = self._compiled(event)
-            obs, stats = entry[0], entry[1]
+            obs, rows = entry[0], entry[1]
             if entry[3]:
                 # The hot path: a behaviour whose every part is well known.
                 out.append((0.0, ["known behaviour"], self.history, self.thresholds))
                 self.history += 1
-                for stat in stats:
-                    stat.count += 1
-                    if ts > stat.last_ts:
-                        stat.last_ts = ts
+                if entry[4]:
+                    entry[4] += 1
+                    if ts > entry[5]:
+                        entry[5] = ts
+                else:
+                    entry[4], entry[5] = 1, ts
+                    quiet.append(entry)
+                    self._touched[id(obs)] = obs
                 score = 0.0
             else:
-                score, reasons, entry[3] = self._score(obs, stats, ts, event.host, prior)
+                if quiet:
+                    self._count_quiet(quiet)
+                host = self._host(event.host)
+                score, reasons, entry[3] = self._score(obs, rows, ts, host, prior)
                 out.append((score, reasons, self.history, self.thresholds))
-                self._learn(obs, stats, ts, event.host)
-            self._touched[id(obs)] = obs
-            self.scores[self.history % SCORE_WINDOW] = round(score * 1000)
+                self._learn(obs, rows, ts, host)
+                self._touched[id(obs)] = obs
+            at = self.history % SCORE_WINDOW
+            if at < len(self.scores):
+                self.scores[at] = round(score * 1000)
+            else:
+                self.scores.append(round(score * 1000))
             if self.history % THRESHOLD_EVERY == 0:
                 self.thresholds = self._derive_thresholds()
+        if quiet:
+            self._count_quiet(quiet)
         return out
 
+    def _count_quiet(self, quiet: list[list]) -> None:
+        """Count the sightings of quiet behaviours into their rows (sightings, last seen),
+        and empty ``quiet``. Once per behaviour instead of once per event: a quiet
+        behaviour's rows are only written, never read, until then."""
+        count, last_ts = self.stats.count, self.stats.last_ts
+        for entry in quiet:
+            hits, ts = entry[4], entry[5]
+            for row in entry[1]:
+                count[row] += hits
+                if ts > last_ts[row]:
+                    last_ts[row] = ts
+            entry[4] = 0
+        quiet.clear()
+
+    def _host(self, host: str) -> int:
+        """The number of ``host`` in this shard (see hosts)."""
+        number = self.host_ids.get(host)
+        if number is None:
+            number = self.host_ids[host] = len(self.hosts)
+            self.hosts.append(host)
+        return number
+
     def _compiled(self, event: RawEvent) -> list:
-        """``[observations, their stats (None: never seen), epoch, quiet]`` of the event's behaviour.
+        """``[observations, their rows (-1: never seen), epoch, quiet, sightings not yet
+        counted, the last one's time]`` of the event's behaviour.
 
         Most events repeat a behaviour the shard has seen, so each behaviour keeps its
-        observations and references to their stat lists: a stat list is only ever
-        mutated in place, never replaced, and dropping one (expiry) or labelling one
-        (feedback) bumps ``_epoch``, which makes every behaviour look its stats up again.
-        ``quiet`` says every observation is well known: episodes only grow within an
-        epoch, so until the next one the behaviour scores exactly 0.
+        observations and their rows in the shard's Stats. Rows only move when expiry
+        drops some (and labels change how rows score): both bump ``_epoch``, which makes
+        every behaviour look its rows up again. ``quiet`` says every observation is well
+        known: episodes only grow within an epoch, so until the next one the behaviour
+        scores exactly 0.
         """
         key = _behaviour_key(self._uid, event)
         cache = self._behaviours
@@ -546,18 +724,18 @@ class EvidenceShard:
             entry = cache.old.pop(key, None)
             if entry is None:
                 obs = _observations_of(event)
-                entry = [obs, [None] * len(obs), -1, False]
+                entry = [obs, [-1] * len(obs), -1, False, 0, 0.0]
             cache.put(key, entry)
-        obs, refs = entry[0], entry[1]
-        stats = self.stats
+        obs, rows = entry[0], entry[1]
+        index = self.stats.index
         if entry[2] != self._epoch:
-            entry[1] = [stats.get(o.key) for o in obs]
+            entry[1] = [index.find(o.khash) for o in obs]
             entry[2] = self._epoch
             entry[3] = False
-        elif not entry[3] and None in refs:  # (a quiet behaviour has every stat)
-            for i, ref in enumerate(refs):
-                if ref is None:
-                    refs[i] = stats.get(obs[i].key)
+        elif not entry[3] and -1 in rows:  # (a quiet behaviour has every row)
+            for i, row in enumerate(rows):
+                if row < 0:
+                    rows[i] = index.find(obs[i].khash)
         return entry
 
     def _advance_clock(self, ts: float) -> None:
@@ -570,135 +748,142 @@ class EvidenceShard:
         self._next_day = (math.floor(now / DAY_S) + 1) * DAY_S
 
     def _score(
-        self, obs: Sequence[Observation], stats: Sequence[Stat | None], ts: float, host: str, prior: Prior | None
+        self, obs: Sequence[Observation], rows: list[int], ts: float, host: int, prior: Prior | None
     ) -> tuple[float, list[str], bool]:
         """Score, reasons, and whether every observation is well known (see _compiled)."""
         keep = 1.0
         well_known = 0
-        parts: list[tuple[float, Observation, Stat | None, int]] = []
+        # (contribution, observation, episodes seen here (-1: never), org workloads knowing it)
+        parts: list[tuple[float, Observation, int, int]] = []
         cutoff = self.watermark - self.retention_s
-        contexts = self.contexts
-        for o, stat in zip(obs, stats):
-            if stat is None or stat.last_ts < cutoff:
+        st, contexts = self.stats, self.contexts
+        episodes_of, last_ts, labels = st.episodes, st.last_ts, st.label
+        for o, row in zip(obs, rows):
+            seen = -1  # episodes seen here (-1: never, or expired)
+            if row < 0 or last_ts[row] < cutoff:
                 episodes = 0
-                stat = None
-            elif stat.label:
-                if stat.label == _LABEL_MALICIOUS:
-                    keep *= 1.0 - o.weight
-                    parts.append((o.weight, o, stat, 0))
-                    continue
-                episodes = stat.episodes  # benign: its own burst is evidence too
-            elif stat.episodes > _WELL_KNOWN_EPISODES:
-                well_known += 1
-                continue  # the hot path: surprise would round to zero anyway
+                row = -1
             else:
-                # Repeats inside the episode still open on this host are not evidence:
-                # a burst of retries must not wash out its own alert.
-                episodes = stat.episodes - (host == stat.ep_host and ts - stat.ep_start < EPISODE_GAP_S)
+                seen = episodes_of[row]
+                label = labels[row]
+                if label == _MALICIOUS:
+                    keep *= 1.0 - o.weight
+                    parts.append((o.weight, o, seen, 0))
+                    continue
+                if label:
+                    episodes = seen  # benign: its own burst is evidence too
+                elif seen > _WELL_KNOWN_EPISODES:
+                    well_known += 1
+                    continue  # the hot path: surprise would round to zero anyway
+                else:
+                    # Repeats inside the episode still open on this host are not evidence:
+                    # a burst of retries must not wash out its own alert.
+                    episodes = seen - (host == st.ep_host[row] and ts - st.ep_start[row] < EPISODE_GAP_S)
             if episodes > _WELL_KNOWN_EPISODES:
                 continue
-            ctx = stat.ctx if stat is not None and o.own_rate else contexts.get(o.rate_key)
-            novelty_rate = 0.5 if ctx is None else (ctx.values + 1.0) / (ctx.episodes + 2.0)
+            ctx = st.ctx[row] if row >= 0 and o.own_rate else contexts.index.find(o.rate_hash)
+            novelty_rate = 0.5 if ctx < 0 else (contexts.values[ctx] + 1.0) / (contexts.episodes[ctx] + 2.0)
             others = 0
             if episodes == 0:
                 s = 1.0 - novelty_rate
                 if prior is not None:
                     # Known to other workloads of the org: less of a surprise here.
-                    others = prior.others(o.key)
+                    others = prior.others(o.khash)
                     s /= (1.0 + PRIOR_WEIGHT * others) ** 2
             else:
                 s = (1.0 - novelty_rate) / ((1.0 + episodes) ** 2)
             if s > 0.0:
                 keep *= 1.0 - o.weight * s
-                parts.append((o.weight * s, o, stat, others))
+                parts.append((o.weight * s, o, seen, others))
         score = 1.0 - keep
         quiet = well_known == len(obs) and self.retention_s >= DAY_S  # a day boundary bumps the epoch first
         return score, self._reasons(parts, score), quiet
 
-    def _reasons(self, parts: list[tuple[float, Observation, Stat | None, int]], score: float) -> list[str]:
+    def _reasons(self, parts: list[tuple[float, Observation, int, int]], score: float) -> list[str]:
         if not parts or score < 0.05:
-            return ["known behaviour"] if self.stats else ["nothing learned yet for this workload"]
+            return ["known behaviour"] if len(self.stats) else ["nothing learned yet for this workload"]
         parts.sort(key=_CONTRIBUTION, reverse=True)  # stable: ties keep observation order
         reasons = [
-            f"{o._description or o.description}: {_seen_here(stat, others)} (+{contribution:.2f})"
-            for contribution, o, stat, others in parts[:4]
+            f"{o._description or o.description}: {_seen_here(episodes, others)} (+{contribution:.2f})"
+            for contribution, o, episodes, others in parts[:4]
         ]
         known = self._nearest_known(parts)
         if known:
             reasons.append(known)
         return reasons
 
-    def _nearest_known(self, parts: list[tuple[float, Observation, Stat | None, int]]) -> str | None:
+    def _nearest_known(self, parts: list[tuple[float, Observation, int, int]]) -> str | None:
         """The most frequent known argument template of the program in question."""
         for _, o, _, _ in parts:
             if o.names_args:
                 top = self._top_args.get(o.ctx)
                 if top is None:
                     return None
-                return f"{_known_prefix(o.ctx, top[0])}{top[1].count}x)"
+                return f"{_known_prefix(o.ctx, top[0])}{self.stats.count[top[1]]}x)"
         return None
 
     # learning -----------------------------------------------------------------------
 
     def _learn(
-        self, obs: Sequence[Observation], refs: list[Stat | None], ts: float, host: str,
-        bonus: int = 0, label: str = "", counts: bool = True,
+        self, obs: Sequence[Observation], rows: list[int], ts: float, host: int,
+        bonus: int = 0, label: int = 0, counts: bool = True,
     ) -> None:
-        """Count ``obs`` as seen at ``ts`` on ``host``; new stats are written into ``refs``.
+        """Count ``obs`` as seen at ``ts`` on ``host``; new rows are written into ``rows``.
 
         The caller marks ``obs`` as changed (see take_changes).
         """
         self.history += counts
         cutoff = self.watermark - self.retention_s
-        stats, contexts = self.stats, self.contexts
+        st, contexts = self.stats, self.contexts
+        ctx_episodes = contexts.episodes
         for i, o in enumerate(obs):
-            stat = refs[i]
-            if stat is None:  # may have been added by an earlier observation of this event
-                stat = refs[i] = stats.get(o.key)
-            if stat is not None and stat.last_ts >= cutoff:
+            row = rows[i]
+            if row < 0:  # may have been added by an earlier observation of this event
+                row = rows[i] = st.index.find(o.khash)
+            last = st.last_ts[row] if row >= 0 else 0.0
+            if row >= 0 and last >= cutoff:
                 # The hot path: a known behaviour seen again.
-                stat.count += 1
-                if ts > stat.last_ts:
-                    stat.last_ts = ts
-                if stat.episodes > _WELL_KNOWN_EPISODES and not (bonus or label):
+                st.count[row] += 1
+                if ts > last:
+                    st.last_ts[row] = ts
+                episodes = st.episodes[row]
+                if episodes > _WELL_KNOWN_EPISODES and not (bonus or label):
                     # Episodes saturate: past this, more cannot make the value itself
                     # less surprising, and its context's novelty rate is already low.
                     continue
-                if host != stat.ep_host or ts - stat.ep_start >= EPISODE_GAP_S:  # a new episode
-                    stat.episodes += 1 + bonus
-                    stat.ep_start = ts
-                    stat.ep_host = host
-                    stat.ctx.episodes += 1 + bonus
+                if host != st.ep_host[row] or ts - st.ep_start[row] >= EPISODE_GAP_S:  # a new episode
+                    st.episodes[row] = episodes + 1 + bonus
+                    st.ep_start[row] = ts
+                    st.ep_host[row] = host
+                    ctx_episodes[st.ctx[row]] += 1 + bonus
                 elif bonus:
-                    stat.episodes += bonus
-                    stat.ctx.episodes += bonus
+                    st.episodes[row] = episodes + bonus
+                    ctx_episodes[st.ctx[row]] += bonus
                 elif not label:
                     continue
                 if label:
-                    stat.label = label
+                    st.label[row] = label
                 if o.is_args:
-                    self._note_top_args(o, stat)
+                    self._note_top_args(o, row)
             else:
-                ctx = contexts.get(o.ctx_key)
-                if ctx is None:
-                    ctx = contexts[o.ctx_key] = Context()
-                if stat is None:
-                    ctx.values += 1
-                    stats[o.key] = refs[i] = stat = Stat(1 + bonus, 1, ts, ts, ts, host, label, ctx)
+                ctx = contexts.row(o.ctx_hash)
+                if row < 0:
+                    contexts.values[ctx] += 1
+                    row = rows[i] = st.add(o, 1 + bonus, ts, host, label, ctx)
                 else:  # expired but not yet dropped: starts over, as if it had been
-                    ctx.episodes -= stat.episodes
-                    stat.restart(1 + bonus, ts, host, label or stat.label, ctx)
-                ctx.episodes += 1 + bonus
+                    ctx_episodes[ctx] -= st.episodes[row]
+                    st.restart(row, 1 + bonus, ts, host, label or st.label[row])
+                ctx_episodes[ctx] += 1 + bonus
                 if o.is_args:
-                    self._note_top_args(o, stat)
+                    self._note_top_args(o, row)
 
-    def _note_top_args(self, o: Observation, stat: Stat) -> None:
+    def _note_top_args(self, o: Observation, row: int) -> None:
         """Keep the argument template of each program seen in the most episodes (for
         reasons). Called when episodes change, not on every sighting: that would cost a
         call per event for a text only alerts show."""
         top = self._top_args.get(o.ctx)
-        if top is None or top[1] is not stat and stat.episodes > top[1].episodes:
-            self._top_args[o.ctx] = (o.key, stat)
+        if top is None or top[1] != row and self.stats.episodes[row] > self.stats.episodes[top[1]]:
+            self._top_args[o.ctx] = (o.key, row)
 
     def _derive_thresholds(self) -> tuple[float, float]:
         """Scores at which the shard's recent events would warn/alert at the target rates."""
@@ -719,49 +904,75 @@ class EvidenceShard:
         warn = min(alert, level(self.rates[0], warn_default))
         return warn, alert
 
-    def known_keys(self) -> list[str]:
-        """Observations this shard knows well enough to vouch for across its org (see
-        streams.priors): seen in enough episodes, not pinned malicious, not expired."""
+    def known_hashes(self) -> np.ndarray:
+        """Hashes (streams.priors.key_hash) of the observations this shard knows well
+        enough to vouch for across its org: seen in enough episodes, not pinned
+        malicious, not expired, of a kind that carries over."""
+        st = self.stats
         cutoff = self.watermark - self.retention_s
-        kinds = _PRIOR_KIND_PREFIXES
-        return [
-            key for key, stat in self.stats.items()
-            if stat.episodes >= PRIOR_MIN_EPISODES and stat.label != _LABEL_MALICIOUS and stat.last_ts >= cutoff
-            and key.startswith(kinds)
-        ]  # fmt: skip
+        known = (
+            (st.column("episodes") >= PRIOR_MIN_EPISODES) & (st.column("label") != _MALICIOUS)
+            & (st.column("last_ts") >= cutoff) & (st.column("shared") != 0)
+        )  # fmt: skip
+        return np.frombuffer(st.index.keys, dtype=np.int64)[known].astype(np.uint64)
 
     def feedback(self, event: RawEvent, label: str) -> None:
         """An analyst's verdict on ``event``: benign teaches it, malicious pins it."""
         self._epoch += 1  # labels change how known behaviours score
         obs = observations(event)
+        host = self._host(event.host)
+        index = self.stats.index
         if label == _LABEL_BENIGN:
-            refs = [self.stats.get(o.key) for o in obs]
-            self._learn(obs, refs, event.ts, event.host, bonus=_BENIGN_EPISODES, label=_LABEL_BENIGN, counts=False)
-            self._dirty.update(o.key for o in obs)
+            rows = [index.find(o.khash) for o in obs]
+            self._learn(obs, rows, event.ts, host, bonus=_BENIGN_EPISODES, label=_BENIGN, counts=False)
+            self._dirty.extend(obs)
             return
         # Pin only what made it rare, or every later use of /bin/sh would alert too.
-        rare = [o for o in obs if (st := self.stats.get(o.key)) is None or st.episodes <= 2] or obs
-        refs = [self.stats.get(o.key) for o in rare]
-        self._learn(rare, refs, event.ts, event.host, label=_LABEL_MALICIOUS, counts=False)
-        self._dirty.update(o.key for o in rare)
+        rare = [o for o in obs if (row := index.find(o.khash)) < 0 or self.stats.episodes[row] <= 2] or obs
+        rows = [index.find(o.khash) for o in rare]
+        self._learn(rare, rows, event.ts, host, label=_MALICIOUS, counts=False)
+        self._dirty.extend(rare)
 
     # retention and persistence ----------------------------------------------------------
 
     def _expire(self) -> None:
+        """Drop the rows unseen for the retention period, the contexts left without a
+        value and the hosts no episode names any more; rows are renumbered."""
         cutoff = self.watermark - self.retention_s
-        for key in [k for k, v in self.stats.items() if v.last_ts < cutoff]:
-            stat = self.stats.pop(key)
-            ctx_key = key.rsplit(SEP, 1)[0]
-            ctx = stat.ctx
-            ctx.episodes -= stat.episodes
-            ctx.values -= 1
-            top = self._top_args.get(ctx_key.split(SEP, 1)[1])
-            if top is not None and top[1] is stat:
-                del self._top_args[ctx_key.split(SEP, 1)[1]]
-            if ctx.values <= 0:
-                del self.contexts[ctx_key]
-            self._deleted.append(key)
         self._epoch += 1
+        st, contexts = self.stats, self.contexts
+        dead = st.column("last_ts") < cutoff
+        if not dead.any():
+            return
+        self._expired_before = cutoff
+        ctx_of = st.column("ctx")
+        ctx_episodes = np.frombuffer(contexts.episodes, dtype=np.int64).copy()
+        ctx_values = np.frombuffer(contexts.values, dtype=np.int64).copy()
+        np.subtract.at(ctx_episodes, ctx_of[dead], st.column("episodes")[dead])
+        np.subtract.at(ctx_values, ctx_of[dead], 1)
+        live_ctx = ctx_values > 0
+        ctx_number = np.cumsum(live_ctx) - 1
+        kept = ~dead
+        row_number = np.cumsum(kept) - 1
+        new_ctx = ctx_number[ctx_of[kept]].astype(np.int32)
+        del ctx_of
+        st.keep(kept)
+        st.ctx = array("i", new_ctx.tobytes())
+        contexts.episodes = array("q", ctx_episodes[live_ctx].tobytes())
+        contexts.values = array("q", ctx_values[live_ctx].tobytes())
+        contexts.index = Index(array("q", np.frombuffer(contexts.index.keys, dtype=np.int64)[live_ctx].tobytes()))
+        for program, (key, row) in list(self._top_args.items()):
+            if kept[row]:
+                self._top_args[program] = (key, int(row_number[row]))
+            else:
+                del self._top_args[program]
+        self._renumber_hosts()
+
+    def _renumber_hosts(self) -> None:
+        used, numbers = np.unique(self.stats.column("ep_host"), return_inverse=True)
+        self.hosts = [self.hosts[i] for i in used]
+        self.host_ids = {host: i for i, host in enumerate(self.hosts)}
+        self.stats.ep_host = array("i", numbers.astype(np.int32).tobytes())
 
     def prune(self) -> int:
         # Expiry already happens in event time at each day boundary (see _advance_clock),
@@ -769,67 +980,95 @@ class EvidenceShard:
         return 0
 
     def take_changes(self) -> Changes:
-        dirty = self._dirty
-        for obs in self._touched.values():
-            dirty.update(o.key for o in obs)
+        upserts = self._pending_rows() if self._touched or self._dirty or self._expired_before is not None else None
+        expired = "" if self._expired_before is None else f"key <> '{META_KEY}' AND last_ts < {self._expired_before!r}"
         self._touched = {}
-        stats = self.stats
-        keys = [k for k in dirty if k in stats]
-        upserts = self._rows(keys, meta=True) if keys or self._deleted else None
-        changes = Changes(upserts=upserts, deletes=self._deleted)
-        self._dirty = set()
-        self._deleted = []
-        return changes
+        self._dirty = []
+        self._expired_before = None
+        self._complete = False
+        return Changes(upserts=upserts, deletes=[], expired=expired)
 
     def to_table(self) -> pa.Table:
-        return self._rows(sorted(self.stats), meta=True)
+        """The whole learned state, rows sorted by key. The key text is only at hand until
+        the state was first persisted (take_changes) — after that it is in LanceDB."""
+        if not self._complete:
+            raise ValueError("the whole state of a shard is in its store once its changes were taken: read it there")
+        table = self._pending_rows()
+        return table.take(pc.sort_indices(table, [("key", "ascending")]))
 
-    def _rows(self, keys: list[str], meta: bool) -> pa.Table:
-        """Rows of ``keys`` (column by column: this runs on the scoring thread)."""
-        rows = [self.stats[k] for k in keys]
+    def _pending_rows(self) -> pa.Table:
+        """Rows of the observations learned since take_changes (column by column: this
+        runs on the scoring thread), and the meta row."""
+        by_hash: dict[int, Observation] = {}
+        for obs in self._touched.values():
+            for o in obs:
+                by_hash[o.khash] = o
+        for o in self._dirty:
+            by_hash[o.khash] = o
+        index = self.stats.index
+        found = [(index.find(h), o) for h, o in by_hash.items()]
+        found = [(row, o) for row, o in found if row >= 0]
+        return self._rows([row for row, _ in found], [o.key for _, o in found])
+
+    def _rows(self, rows: list[int], keys: list[str]) -> pa.Table:
+        st = self.stats
+        at = np.array(rows, dtype=np.intp)
         parts = [k.split(SEP, 2) for k in keys]
-        cols: dict[str, list] = {"key": list(keys)}
+        cols: dict[str, list | np.ndarray] = {"key": list(keys)}
         for i, name in enumerate(("kind", "ctx", "value")):
             cols[name] = [p[i] for p in parts]
-        cols["episodes"] = [r.episodes for r in rows]
-        cols["count"] = [r.count for r in rows]
-        cols["first_ts"] = [r.first_ts for r in rows]
-        cols["last_ts"] = [r.last_ts for r in rows]
-        cols["ep_start"] = [r.ep_start for r in rows]
-        cols["ep_host"] = [r.ep_host for r in rows]
-        cols["label"] = [r.label for r in rows]
-        if meta:
-            state = _pack_scores(self.scores)
-            wm = self.watermark if math.isfinite(self.watermark) else 0.0
-            row = (META_KEY, "meta", "", state, self.history, 0, 0.0, wm, self.thresholds[0], str(self.thresholds[1]), "")
-            for name, v in zip(_SCHEMA.names, row):
-                cols[name].append(v)
-        return pa.table(cols, schema=_SCHEMA)
+        for name in ("episodes", "count", "first_ts", "last_ts", "ep_start"):
+            cols[name] = st.column(name)[at]
+        hosts = self.hosts
+        cols["ep_host"] = [hosts[i] for i in st.column("ep_host")[at].tolist()]
+        cols["label"] = [_LABEL_NAMES[i] for i in st.column("label")[at].tolist()]
+        wm = self.watermark if math.isfinite(self.watermark) else 0.0
+        meta = (META_KEY, "meta", "", _pack_scores(self.scores), self.history, 0, 0.0, wm, self.thresholds[0],
+                str(self.thresholds[1]), "")  # fmt: skip
+        table = pa.table(cols, schema=_SCHEMA)
+        return pa.concat_tables([table, pa.table({n: [v] for n, v in zip(_SCHEMA.names, meta)}, schema=_SCHEMA)])
 
     @classmethod
     def load(cls, table: pa.Table, **params: Any) -> "EvidenceShard":
         shard = cls(**params)
-        cols = table.to_pydict()
-        for i, key in enumerate(cols["key"]):
-            if key == META_KEY:
-                shard.history = int(cols["episodes"][i])
-                shard.watermark = float(cols["last_ts"][i]) if shard.history else float("-inf")
-                shard.scores = _unpack_scores(cols["value"][i])
-                shard.thresholds = (float(cols["ep_start"][i]), float(cols["ep_host"][i]))
-                continue
-            ctx = shard.contexts.setdefault(key.rsplit(SEP, 1)[0], Context())
-            stat = Stat(
-                int(cols["episodes"][i]), int(cols["count"][i]), float(cols["first_ts"][i]),
-                float(cols["last_ts"][i]), float(cols["ep_start"][i]), cols["ep_host"][i], cols["label"][i], ctx,
-            )
-            shard.stats[key] = stat
-            ctx.episodes += stat.episodes
-            ctx.values += 1
-            if cols["kind"][i] == "args":
-                program = cols["ctx"][i]
-                top = shard._top_args.get(program)
-                if top is None or stat.episodes > top[1].episodes:
-                    shard._top_args[program] = (key, stat)
+        shard._complete = False
+        keys = table.column("key").to_pylist()
+        is_meta = [k == META_KEY for k in keys]
+        if any(is_meta):
+            i = is_meta.index(True)
+            shard.history = int(table.column("episodes")[i].as_py())
+            shard.watermark = float(table.column("last_ts")[i].as_py()) if shard.history else float("-inf")
+            scores = _unpack_scores(table.column("value")[i].as_py())
+            shard.scores = scores[: shard.history + 1] if shard.history < SCORE_WINDOW else scores
+            shard.thresholds = (float(table.column("ep_start")[i].as_py()), float(table.column("ep_host")[i].as_py()))
+            rows = table.filter(pa.array([not m for m in is_meta]))
+            keys = [k for k, m in zip(keys, is_meta) if not m]
+        else:
+            rows = table
+        st, contexts = shard.stats, shard.contexts
+        ctx_rows = [contexts.row(_context_hash(k.rsplit(SEP, 1)[0])) for k in keys]
+        st.index = Index(array("q", [key_hash(k) for k in keys]))
+        st.episodes = array("q", rows.column("episodes").to_numpy().astype(np.int64).tobytes())
+        st.count = array("q", rows.column("count").to_numpy().astype(np.int64).tobytes())
+        for name in ("first_ts", "last_ts", "ep_start"):
+            setattr(st, name, array("d", rows.column(name).to_numpy().astype(np.float64).tobytes()))
+        hosts = pc.dictionary_encode(rows.column("ep_host")).combine_chunks()
+        shard.hosts = [str(h) for h in hosts.dictionary.to_pylist()]
+        shard.host_ids = {h: i for i, h in enumerate(shard.hosts)}
+        st.ep_host = array("i", hosts.indices.to_numpy(zero_copy_only=False).astype(np.int32).tobytes())
+        st.label = array("b", [_LABEL_CODES.get(x or "", 0) for x in rows.column("label").to_pylist()])
+        st.ctx = array("i", ctx_rows)
+        kinds = rows.column("kind").to_pylist()
+        st.shared = array("b", [1 if kind in PRIOR_KINDS else 0 for kind in kinds])
+        episodes = st.column("episodes")
+        np.add.at(np.frombuffer(contexts.episodes, dtype=np.int64), np.array(ctx_rows, dtype=np.intp), episodes)
+        np.add.at(np.frombuffer(contexts.values, dtype=np.int64), np.array(ctx_rows, dtype=np.intp), 1)
+        programs = rows.column("ctx").to_pylist()
+        for row, kind in enumerate(kinds):
+            if kind == "args":
+                top = shard._top_args.get(programs[row])
+                if top is None or episodes[row] > episodes[top[1]]:
+                    shard._top_args[programs[row]] = (keys[row], row)
         return shard
 
 
@@ -853,9 +1092,10 @@ _PRIOR_KIND_PREFIXES = tuple(f"{kind}{SEP}" for kind in PRIOR_KINDS)
 _SEEN = tuple(f"seen in {n} episode(s)" for n in range(_WELL_KNOWN_EPISODES + _BENIGN_EPISODES + 2))
 
 
-def _seen_here(stat: Stat | None, others: int) -> str:
-    if stat is not None:
-        return _seen(stat.episodes)
+def _seen_here(episodes: int, others: int) -> str:
+    """What the reason says of an observation seen here in ``episodes`` (-1: never)."""
+    if episodes >= 0:
+        return _seen(episodes)
     if others:
         return f"never seen here, known in {others} other workload(s) of this org (org prior)"
     return "never seen"

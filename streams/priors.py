@@ -38,9 +38,14 @@ def split_shard_key(shard_key: str) -> tuple[str, str]:
     return org, workload
 
 
+# Key hashes have 62 bits: what the compiled engine keeps as unboxed integers (its shard
+# state is indexed by them too, see streams.evidence).
+HASH_BITS = 62
+
+
 def key_hash(key: str) -> int:
-    """A stable 64-bit hash of an observation key (snapshots are saved and read back)."""
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+    """A stable 62-bit hash of an observation key (snapshots are saved and read back)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> (64 - HASH_BITS)
 
 
 def key_hashes(keys: Iterable[str]) -> np.ndarray:
@@ -61,8 +66,9 @@ class Prior:
         self.hashes = hashes
         self.counts = counts
 
-    def others(self, key: str) -> int:
-        h = np.uint64(key_hash(key))
+    def others(self, hashed: int) -> int:
+        """How many workloads know the key whose :func:`key_hash` is ``hashed``."""
+        h = np.uint64(hashed)
         i = int(np.searchsorted(self.hashes, h))
         return int(self.counts[i]) if i < len(self.hashes) and self.hashes[i] == h else 0
 

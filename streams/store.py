@@ -43,6 +43,7 @@ import pyarrow.compute as pc
 
 from schemas.errors import ShardUnreadable
 from streams.algorithm import Changes
+from streams.priors import HASH_BITS
 
 if TYPE_CHECKING:
     import lancedb
@@ -228,6 +229,8 @@ class ShardStore:
         rows = table.to_arrow()
         if rows.num_rows == 0 or "hash" not in rows.column_names:
             return None
+        if pc.max(rows.column("hash")).as_py() >> HASH_BITS:
+            return None  # 64-bit hashes of an older release: the next day's snapshot replaces it
         orgs = np.asarray(rows.column("org").to_pylist(), dtype=object)
         hashes = rows.column("hash").to_numpy()
         counts = rows.column("count").to_numpy()
@@ -282,10 +285,13 @@ class ShardStore:
 
     def write(self, algorithm: str, group: str, shards: Mapping[str, tuple[Changes, Position | None]]) -> None:
         """Apply changed shards of one group in one commit: upserts by (shard, key) with
-        each shard's position on its rows, and its expired keys deleted."""
+        each shard's position on its rows, and its expired rows deleted (the rows it
+        upserts are never among them)."""
         upserts = {k: Stored(c.upserts, pos) for k, (c, pos) in shards.items() if c.upserts is not None and c.upserts.num_rows}
-        deletes = " OR ".join(f"({SHARD_COLUMN} = {_quoted([k])} AND key IN ({_quoted(c.deletes)}))"
-                              for k, (c, _) in shards.items() if c.deletes)
+        deletes = " OR ".join(
+            [f"({SHARD_COLUMN} = {_quoted([k])} AND key IN ({_quoted(c.deletes)}))" for k, (c, _) in shards.items() if c.deletes]
+            + [f"({SHARD_COLUMN} = {_quoted([k])} AND ({c.expired}))" for k, (c, _) in shards.items() if c.expired]
+        )
         self._merge(group_table(algorithm, group), upserts, deletes)
 
     def replace(self, algorithm: str, group: str, shards: Mapping[str, Stored]) -> None:
