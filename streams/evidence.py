@@ -1011,22 +1011,24 @@ class EvidenceShard:
         return self._rows([row for row, _ in found], [o.key for _, o in found])
 
     def _rows(self, rows: list[int], keys: list[str]) -> pa.Table:
+        """Rows ``rows`` (their keys: ``keys``), then the meta row: history, watermark,
+        thresholds and the packed score window in the schema's other columns."""
         st = self.stats
         at = np.array(rows, dtype=np.intp)
-        parts = [k.split(SEP, 2) for k in keys]
-        cols: dict[str, list | np.ndarray] = {"key": list(keys)}
-        for i, name in enumerate(("kind", "ctx", "value")):
-            cols[name] = [p[i] for p in parts]
-        for name in ("episodes", "count", "first_ts", "last_ts", "ep_start"):
-            cols[name] = st.column(name)[at]
-        hosts = self.hosts
-        cols["ep_host"] = [hosts[i] for i in st.column("ep_host")[at].tolist()]
-        cols["label"] = [_LABEL_NAMES[i] for i in st.column("label")[at].tolist()]
         wm = self.watermark if math.isfinite(self.watermark) else 0.0
-        meta = (META_KEY, "meta", "", _pack_scores(self.scores), self.history, 0, 0.0, wm, self.thresholds[0],
-                str(self.thresholds[1]), "")  # fmt: skip
-        table = pa.table(cols, schema=_SCHEMA)
-        return pa.concat_tables([table, pa.table({n: [v] for n, v in zip(_SCHEMA.names, meta)}, schema=_SCHEMA)])
+        parts = [k.split(SEP, 2) for k in keys]
+        cols: dict[str, Any] = {"key": [*keys, META_KEY]}
+        for i, (name, meta) in enumerate((("kind", "meta"), ("ctx", ""), ("value", _pack_scores(self.scores)))):
+            cols[name] = [p[i] for p in parts] + [meta]
+        numbers: tuple[tuple[str, float], ...] = (
+            ("episodes", self.history), ("count", 0), ("first_ts", 0.0), ("last_ts", wm), ("ep_start", self.thresholds[0]),
+        )  # fmt: skip
+        for name, number in numbers:
+            cols[name] = np.append(st.column(name)[at], number)
+        hosts = self.hosts
+        cols["ep_host"] = [hosts[i] for i in st.column("ep_host")[at].tolist()] + [str(self.thresholds[1])]
+        cols["label"] = [_LABEL_NAMES[i] for i in st.column("label")[at].tolist()] + [""]
+        return pa.table(cols, schema=_SCHEMA)
 
     @classmethod
     def load(cls, table: pa.Table, **params: Any) -> "EvidenceShard":
