@@ -170,6 +170,9 @@ class Engine:
 
     def take_changes(self) -> dict[str, Changes]:
         """Per-shard rows to persist since the last call (only shards with changes)."""
+        in_bulk = getattr(self.algorithm, "take_changes", None)
+        if in_bulk is not None:
+            return {key: c for key, c in in_bulk(self.shards).items() if not c.empty}
         out = {}
         for key, shard in self.shards.items():
             changes = shard.take_changes()

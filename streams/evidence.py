@@ -980,25 +980,32 @@ class EvidenceShard:
         return 0
 
     def take_changes(self) -> Changes:
-        upserts = self._pending_rows() if self._touched or self._dirty or self._expired_before is not None else None
+        columns, expired = self.take_columns()
+        return Changes(upserts=None if columns is None else pa.table(columns, schema=_SCHEMA), deletes=[], expired=expired)
+
+    def take_columns(self) -> tuple[dict[str, list] | None, str]:
+        """What take_changes returns, as column lists (EvidenceAlgorithm.take_changes
+        builds one table of many shards' columns: a table per shard cost ~70 µs)."""
+        columns = self._pending_columns() if self._touched or self._dirty or self._expired_before is not None else None
         expired = "" if self._expired_before is None else f"key <> '{META_KEY}' AND last_ts < {self._expired_before!r}"
         self._touched = {}
         self._dirty = []
         self._expired_before = None
         self._complete = False
-        return Changes(upserts=upserts, deletes=[], expired=expired)
+        return columns, expired
 
     def to_table(self) -> pa.Table:
         """The whole learned state, rows sorted by key. The key text is only at hand until
         the state was first persisted (take_changes) — after that it is in LanceDB."""
         if not self._complete:
             raise ValueError("the whole state of a shard is in its store once its changes were taken: read it there")
-        table = self._pending_rows()
+        table = pa.table(self._pending_columns(), schema=_SCHEMA)
         return table.take(pc.sort_indices(table, [("key", "ascending")]))
 
-    def _pending_rows(self) -> pa.Table:
-        """Rows of the observations learned since take_changes (column by column: this
-        runs on the scoring thread), and the meta row."""
+    def _pending_columns(self) -> dict[str, list]:
+        """Rows of the observations learned since take_changes, then the meta row
+        (history, watermark, thresholds and the packed score window in the schema's
+        other columns), column by column."""
         by_hash: dict[int, Observation] = {}
         for obs in self._touched.values():
             for o in obs:
@@ -1007,28 +1014,25 @@ class EvidenceShard:
             by_hash[o.khash] = o
         index = self.stats.index
         found = [(index.find(h), o) for h, o in by_hash.items()]
-        found = [(row, o) for row, o in found if row >= 0]
-        return self._rows([row for row, _ in found], [o.key for _, o in found])
-
-    def _rows(self, rows: list[int], keys: list[str]) -> pa.Table:
-        """Rows ``rows`` (their keys: ``keys``), then the meta row: history, watermark,
-        thresholds and the packed score window in the schema's other columns."""
+        rows = [row for row, _ in found if row >= 0]
+        keys = [o.key for row, o in found if row >= 0]
         st = self.stats
-        at = np.array(rows, dtype=np.intp)
-        wm = self.watermark if math.isfinite(self.watermark) else 0.0
         parts = [k.split(SEP, 2) for k in keys]
-        cols: dict[str, Any] = {"key": [*keys, META_KEY]}
-        for i, (name, meta) in enumerate((("kind", "meta"), ("ctx", ""), ("value", _pack_scores(self.scores)))):
-            cols[name] = [p[i] for p in parts] + [meta]
-        numbers: tuple[tuple[str, float], ...] = (
-            ("episodes", self.history), ("count", 0), ("first_ts", 0.0), ("last_ts", wm), ("ep_start", self.thresholds[0]),
-        )  # fmt: skip
-        for name, number in numbers:
-            cols[name] = np.append(st.column(name)[at], number)
         hosts = self.hosts
-        cols["ep_host"] = [hosts[i] for i in st.column("ep_host")[at].tolist()] + [str(self.thresholds[1])]
-        cols["label"] = [_LABEL_NAMES[i] for i in st.column("label")[at].tolist()] + [""]
-        return pa.table(cols, schema=_SCHEMA)
+        wm = self.watermark if math.isfinite(self.watermark) else 0.0
+        return {
+            "key": [*keys, META_KEY],
+            "kind": [p[0] for p in parts] + ["meta"],
+            "ctx": [p[1] for p in parts] + [""],
+            "value": [p[2] for p in parts] + [_pack_scores(self.scores)],
+            "episodes": [st.episodes[r] for r in rows] + [self.history],
+            "count": [st.count[r] for r in rows] + [0],
+            "first_ts": [st.first_ts[r] for r in rows] + [0.0],
+            "last_ts": [st.last_ts[r] for r in rows] + [wm],
+            "ep_start": [st.ep_start[r] for r in rows] + [self.thresholds[0]],
+            "ep_host": [hosts[st.ep_host[r]] for r in rows] + [str(self.thresholds[1])],
+            "label": [_LABEL_NAMES[st.label[r]] for r in rows] + [""],
+        }
 
     @classmethod
     def load(cls, table: pa.Table, **params: Any) -> "EvidenceShard":
@@ -1168,6 +1172,23 @@ class EvidenceAlgorithm:
 
     def load_shard(self, table: pa.Table) -> EvidenceShard:
         return EvidenceShard.load(table, **self.params, behaviours=self.behaviours)
+
+    def take_changes(self, shards: dict[str, Any]) -> dict[str, Changes]:
+        """Every changed shard's Changes, their rows built as one table (sliced per shard)."""
+        columns: dict[str, list] = {name: [] for name in _SCHEMA.names}
+        spans: list[tuple[str, int, int, str]] = []
+        for key, shard in shards.items():
+            piece, expired = shard.take_columns()
+            if piece is None:
+                if expired:
+                    spans.append((key, 0, 0, expired))
+                continue
+            start = len(columns["key"])
+            for name, values in piece.items():
+                columns[name].extend(values)
+            spans.append((key, start, len(columns["key"]) - start, expired))
+        table = pa.table(columns, schema=_SCHEMA)
+        return {key: Changes(table.slice(start, length) if length else None, [], expired) for key, start, length, expired in spans}
 
 
 register("evidence")(EvidenceAlgorithm)

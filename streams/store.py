@@ -385,7 +385,7 @@ def _rows(shards: Mapping[str, Stored], seq: int) -> pa.Table:
         list(shards), [seq] * len(tables),
         [p.source if p else None for p in positions], [p.offset if p else None for p in positions],
     ]
-    rows = pa.concat_tables(tables)
+    rows = pa.concat_tables(tables).combine_chunks()  # (often slices of one table: see Engine.take_changes)
     index = np.repeat(np.arange(len(tables)), lengths)
     for field, per_shard in zip(_BOOKKEEPING, values, strict=True):
         rows = rows.append_column(field, pa.array(per_shard, field.type).take(index))
