@@ -163,6 +163,21 @@ def test_pipeline_sustained_throughput_benchmark(settings: Settings, stream: lis
     record("fixed", "pipeline_two_workers_events_per_s", rate2, "events/s", ">= 1.7 x one", f"ratio to one worker {rate2 / rate1:.2f}")
 
 
+def test_pipeline_10k_shards_benchmark(settings: Settings, stream: list[RawEvent], tmp_path: Path) -> None:
+    """The same 200,000 events' worth of load from 10,000 shards (20 events each: every
+    shard new, loaded and flushed) against the 100-shard stream, both through the whole
+    pipeline in this test."""
+    many = fleet(10_000, LOAD // 10_000, 10, seed=9, zipf=1.0)
+    base = fresh(settings, "s100")
+    ensure_topics(base.kafka, base.topics)
+    rate_100 = sustained(base, stream, 1, tmp_path)
+    wide = fresh(settings, "s10k")
+    ensure_topics(wide.kafka, wide.topics)
+    rate_10k = sustained(wide, many, 1, tmp_path)
+    record("fixed", "pipeline_10k_shards_vs_100_shards", rate_10k / rate_100, "x", ">= 0.8",
+           f"1 worker: {rate_10k:,.0f} events/s over 10,000 shards vs {rate_100:,.0f} over 100, {LOAD:,} events each")
+
+
 def faust_floor(settings: Settings, count: int, tmp_path: Path) -> float:
     """Messages/s of a bare Faust take-and-ack agent on the loaded raw topic
     (tests/faust_floor.py), in a process of its own like the worker."""
