@@ -9,12 +9,13 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from agent.capture import CaptureBackend
 from agent.procfs import ProcfsBackend
 from agent.publish import JsonLinesOutput, KafkaPublisher, Output
 from agent.spool import SpooledPublisher
+from ruleless.health import HealthServer
 from ruleless.kafka import ensure_topics
 from ruleless.lifecycle import stop_on_signals
 from ruleless.settings import AgentSettings, Settings
@@ -25,6 +26,10 @@ log = logging.getLogger(__name__)
 # Backends in order of preference (DESIGN.md).
 BACKENDS = ("ebpf", "netlink", "proc")
 SUMMARY_INTERVAL_S = 60.0
+# The capture loop counts as stalled (not ready) after this many poll intervals without a
+# completed poll, and as dead (/healthz fails) after STALLED_S.
+READY_POLLS = 5
+STALLED_S = 60.0
 
 
 def run(
@@ -58,8 +63,11 @@ def run(
         stack.callback(capture.stop)
         sink = stack.enter_context(_open_output(settings, output))
         metrics = AgentMetrics(capture.name)
+        beat = Heartbeat(capture.name, sink, agent.poll_interval_s)
         if agent.metrics_port:
-            stack.enter_context(metrics.serve(agent.metrics_port, settings.metrics_host))
+            stack.enter_context(HealthServer(
+                agent.metrics_port, settings.metrics_host, ready=beat.readiness, alive=beat.liveness, registry=metrics.registry,
+            ))  # fmt: skip
         log.info(
             "agent running: backend=%s shard=%s/%s host=%s output=%s every %.2fs",
             capture.name, agent.org_id, agent.workload, agent.host,
@@ -67,7 +75,7 @@ def run(
         )  # fmt: skip
         if ready is not None:
             ready.set()
-        captured = _loop(capture, sink, metrics, agent.poll_interval_s, stop)
+        captured = _loop(capture, sink, metrics, agent.poll_interval_s, stop, beat)
         log.info("agent stopping: captured %d events, flushing; capture drops: %s", captured, capture.drops() or "none known")
     metrics.sync(sink)
     log.info("agent stopped: captured %d, delivered %d, failed %d", captured, sink.delivered, sink.failed)
@@ -180,20 +188,40 @@ class AgentMetrics:
             self.capture_drops.labels(self._backend, reason).inc(total - self._drops.get(reason, 0))
         self._drops = dict(drops)
 
-    @contextmanager
-    def serve(self, port: int, host: str = "127.0.0.1") -> Iterator[None]:
-        """Serve /metrics on ``host:port`` while the block runs."""
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
-        log.info("metrics on %s:%d/metrics", host, port)
-        try:
-            yield
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)
+
+class Heartbeat:
+    """When the capture loop last completed a poll, and what the output says: the agent's
+    answers to /readyz (capturing, and its spool or publisher working) and /healthz."""
+
+    def __init__(self, backend: str, sink: Output, interval_s: float) -> None:
+        self.backend, self.sink = backend, sink
+        self.ready_within_s = max(10.0, READY_POLLS * interval_s)
+        self.last: float | None = None
+
+    def beat(self) -> None:
+        self.last = time.monotonic()
+
+    def _since(self) -> float:
+        return float("inf") if self.last is None else time.monotonic() - self.last
+
+    def readiness(self) -> tuple[bool, str]:
+        since = self._since()
+        if since > self.ready_within_s:
+            return False, "capture loop not polling yet" if self.last is None else f"capture loop stalled for {since:.0f}s"
+        health = getattr(self.sink, "health", None)  # (the spool's; other outputs have no state to report)
+        ok, why = health() if health is not None else (True, "writing")
+        return ok, f"capturing with {self.backend}; {why}"
+
+    def liveness(self) -> tuple[bool, str]:
+        if self.last is None:
+            return True, "starting"
+        since = self._since()
+        return since <= STALLED_S, f"last poll {since:.1f}s ago"
 
 
-def _loop(capture: CaptureBackend, sink: Output, metrics: AgentMetrics, interval: float, stop: threading.Event) -> int:
+def _loop(
+    capture: CaptureBackend, sink: Output, metrics: AgentMetrics, interval: float, stop: threading.Event, beat: Heartbeat,
+) -> int:
     """Poll, publish and sleep until ``stop``; return how many events were captured."""
     captured = 0
     window = _Window()
@@ -210,6 +238,7 @@ def _loop(capture: CaptureBackend, sink: Output, metrics: AgentMetrics, interval
         metrics.sync(sink)
         metrics.sync_drops(capture.drops())
         window.maybe_log(captured, sink)
+        beat.beat()
         stop.wait(max(0.0, interval - (time.monotonic() - started)))
     # What an event-driven backend read since the last poll is still published.
     events = capture.poll()

@@ -315,6 +315,17 @@ class SpooledPublisher:
     def backlog_bytes(self) -> int:
         return self.spool.bytes_on_disk
 
+    def health(self) -> tuple[bool, str]:
+        """(ok, why) for the agent's readiness: a broker outage is not a failure (the
+        spool holds the events, as designed); a full spool or a dead sender is."""
+        if self._failure is not None:
+            return False, f"spool sender stopped: {self._failure}"
+        if self._full_since is not None:
+            return False, f"spool full at {self.spool.dir}: new events are dropped"
+        if self.in_outage:
+            return True, f"kafka unreachable: spooling ({self.backlog_bytes()} bytes waiting)"
+        return True, "publishing"
+
     def publish(self, event: RawEvent) -> None:
         """Append to the spool; when it is full the event is dropped and counted.
         Raises :class:`ServiceError` once the sender thread has died."""

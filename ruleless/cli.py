@@ -129,6 +129,50 @@ def agent(
         _fail(exc)
 
 
+@app.command("install-agent")
+def install_agent(
+    org: Annotated[str, typer.Option("--org", help="org_id of this host's events.")],
+    workload: Annotated[str, typer.Option("--workload", help="Workload of this host's events.")],
+    kafka: Annotated[Optional[str], typer.Option("--kafka", help="Kafka bootstrap servers (default: the settings' default).")] = None,
+    backend: Annotated[str, typer.Option("--backend", help="auto, ebpf, netlink or proc (decides the unit's capabilities).")] = "auto",
+    prefix: Annotated[Path, typer.Option("--prefix", help="Install under this root instead of / (systemd is then left alone).")] = Path("/"),
+) -> None:
+    """Install the agent as a hardened systemd service: config, unit, manifest; enabled
+    and started when systemd runs here."""
+    from ruleless.install import install_agent as run
+
+    try:
+        _report(run(org, workload, kafka=kafka, backend=backend, root=prefix))
+    except RulelessError as exc:
+        _fail(exc)
+
+
+@app.command("uninstall-agent")
+def uninstall_agent(
+    prefix: Annotated[Path, typer.Option("--prefix", help="The root given to install-agent.")] = Path("/"),
+) -> None:
+    """Stop the agent's service and remove exactly what install-agent wrote."""
+    from ruleless.install import uninstall_agent as run
+
+    try:
+        _report(run(prefix))
+    except RulelessError as exc:
+        _fail(exc)
+
+
+def _report(result: Any) -> None:
+    for path in result.written:
+        typer.echo(f"wrote {path}")
+    for cmd in result.systemd:
+        typer.echo(f"ran {cmd}")
+    for path in result.removed:
+        typer.echo(f"removed {path}")
+    for path in result.kept:
+        typer.echo(f"kept {path} (edited since it was installed)")
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+
+
 @app.command()
 def score(
     input: Annotated[str, typer.Option("--input", "-i", help="JSONL of raw events ('-' = stdin).")],

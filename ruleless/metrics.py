@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 from schemas.events import ScoredEvent
-
-log = logging.getLogger(__name__)
 
 _SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
@@ -52,9 +49,3 @@ class WorkerMetrics:
             self.scores.observe(event.score)
         self.batch_seconds.observe(seconds)
 
-
-def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
-    """Expose /metrics on ``port``; 0 disables it (tests, several processes per host)."""
-    if port:
-        start_http_server(port, addr=host)
-        log.info("metrics on http://%s:%d/metrics", host, port)

@@ -25,13 +25,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 import pyarrow as pa
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ruleless import failpoints
+from ruleless.health import HealthServer, cached
 from ruleless.lifecycle import backoff, stop_on_signals
 from ruleless.kafka import consumer as make_consumer
 from ruleless.kafka import ensure_topics
@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 SHUTDOWN_ATTEMPTS = 3
 SUMMARY_EVERY_S = 30.0
 _MAX_CONSUME = 1000
+# /healthz fails when the loop has not polled Kafka for this long (a write stuck past
+# every timeout); the store is pinged for /readyz at most this often.
+STALLED_S = 120.0
+STORE_PING_S = 5.0
 
 
 class SinkMetrics:
@@ -144,6 +148,9 @@ class Sink:
         # A row the table holds, re-inserted (a no-op) to tell a refused row from a failing store.
         self._probe: pa.Table | None = None
         self._last_summary = (time.monotonic(), 0.0, 0.0)
+        self._assigned: set[tuple[str, int]] = set()
+        self._last_poll: float | None = None
+        self._store_reachable = cached(self._ping_store, STORE_PING_S)
 
     @property
     def backend(self) -> Backend:
@@ -176,7 +183,7 @@ class Sink:
         if self._backend is None:
             self._backend = open_backend(s.clickhouse)
         query_server: QueryServer | None = None
-        metrics_server: Any = None
+        metrics_server: HealthServer | None = None
         try:
             self.backend.ensure_schema()
             try:
@@ -187,8 +194,10 @@ class Sink:
                 query_server = QueryServer(self.backend, self.query_token, s.sink.query_host, s.sink.query_port).start()
                 self.query_url = query_server.url
                 if s.sink.metrics_port:
-                    metrics_server, _ = start_http_server(s.sink.metrics_port, addr=s.metrics_host, registry=self.metrics.registry)
-                    log.info("metrics on %s:%d/metrics", s.metrics_host, s.sink.metrics_port)
+                    metrics_server = HealthServer(
+                        s.sink.metrics_port, s.metrics_host, ready=self.readiness, alive=self.liveness,
+                        registry=self.metrics.registry,
+                    ).start()  # fmt: skip
             except OSError as exc:
                 raise ServiceError(f"sink cannot listen: {exc}") from None
             ensure_topics(s.kafka, s.topics, names=[s.topics.scored, s.topics.dead_letter])
@@ -214,7 +223,7 @@ class Sink:
         finally:
             self._shutdown(query_server, metrics_server)
 
-    def _shutdown(self, query_server: QueryServer | None, metrics_server: Any) -> None:
+    def _shutdown(self, query_server: QueryServer | None, metrics_server: HealthServer | None) -> None:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
@@ -226,7 +235,7 @@ class Sink:
         if query_server is not None:
             query_server.close()
         if metrics_server is not None:
-            metrics_server.shutdown()
+            metrics_server.close()
         if self._owns_backend and self._backend is not None:
             self._backend.close()
             self._backend = None
@@ -236,10 +245,39 @@ class Sink:
             self.metrics.value("ruleless_sink_dead_lettered_total"),
         )
 
+    # -- health (ruleless/health.py) ---------------------------------------------
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready = partitions of the scored topic assigned and the store answering."""
+        if not self._assigned:
+            return False, f"no partition of {self.settings.topics.scored} assigned (yet)"
+        ok, why = self._store_reachable()
+        if not ok:
+            return False, why
+        return True, f"{len(self._assigned)} partitions assigned; {why}"
+
+    def liveness(self) -> tuple[bool, str]:
+        """Alive = the loop polled Kafka recently (it does at least every 0.5 s, also
+        while a failing write is retried)."""
+        if self._last_poll is None:
+            return True, "starting"
+        idle = time.monotonic() - self._last_poll
+        if idle > STALLED_S:
+            return False, f"the consume loop has not run for {idle:.0f}s"
+        return True, "consuming"
+
+    def _ping_store(self) -> tuple[bool, str]:
+        if self._backend is None:
+            return False, "store not open"
+        self._backend.query("SELECT 1")
+        return True, f"store {self._backend.kind} reachable"
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
         log.info("assigned %d partitions: %s", len(partitions), _names(partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned -= {(tp.topic, tp.partition) for tp in partitions}
         # No I/O here: the unwritten messages were never committed, so whoever owns the
         # partitions next (maybe us) reads them again, and event_id dedup absorbs any copy.
         dropped = self._open.messages + (self._sealed.messages if self._sealed else 0)
@@ -255,6 +293,7 @@ class Sink:
 
     def _poll(self, timeout: float) -> None:
         assert self._consumer is not None
+        self._last_poll = time.monotonic()
         room = max(1, min(_MAX_CONSUME, self.settings.sink.batch_rows - self._open.messages))
         for msg in self._consumer.consume(num_messages=room, timeout=timeout):
             self._take(msg)

@@ -143,6 +143,10 @@ class ShardStore:
         # Shard tables of older releases still to be moved into their group (listed once).
         self._legacy: set[str] | None = None
 
+    def ping(self) -> None:
+        """Raise unless the store answers (a directory listing; readiness probes)."""
+        self._db.list_tables(limit=1)
+
     # -- ownership (fencing) -------------------------------------------------------------
 
     def claim(self, sources: list[str], owner: str) -> dict[str, int]:

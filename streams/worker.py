@@ -34,6 +34,7 @@ import os
 import secrets
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +47,8 @@ from faust.types import EventT
 from ruleless import failpoints
 from ruleless.kafka import check_copartitioned, ensure_topics, topic_incarnation
 from ruleless.kafka import producer as make_producer
-from ruleless.metrics import WorkerMetrics, serve_metrics
+from ruleless.health import HealthServer, cached
+from ruleless.metrics import WorkerMetrics
 from ruleless.memory import return_freed_memory
 from ruleless.settings import Settings
 from ruleless.tenancy import verify
@@ -63,6 +65,10 @@ T = TypeVar("T")
 SWITCH_INTERVAL_S = 0.0005
 # How long a batch's outputs may take to be acknowledged before the worker gives up.
 DELIVERY_TIMEOUT_S = 60.0
+# /readyz pings LanceDB at most this often; /healthz wants the event loop to answer
+# within LOOP_ANSWER_S.
+STORE_PING_S = 5.0
+LOOP_ANSWER_S = 10.0
 # Errors about one message itself, not the broker: that output is dead-lettered.
 REFUSED_MESSAGE = frozenset({
     KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE,
@@ -132,6 +138,37 @@ class ScoringAgent:
         self._delivery_failures: list[str] = []
         # Who this worker is in the partition claims (streams.store: fencing).
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        # Raw partitions assigned and claimed (readiness); emptied on revocation.
+        self.assigned: list[int] = []
+        self._store_reachable = cached(self._ping_store, STORE_PING_S)
+
+    # -- health (ruleless/health.py) ----------------------------------------------------
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready = raw partitions assigned and claimed, nothing failed, LanceDB answering."""
+        if self.failed:
+            return False, "a batch or a write failed: stopping"
+        if not self.assigned:
+            return False, f"no partition of {self.topics.raw} assigned (yet; or more workers than partitions)"
+        ok, why = self._store_reachable()
+        if not ok:
+            return False, why
+        return True, f"partitions {self.assigned} of {self.topics.raw}; {why}"
+
+    def liveness(self) -> tuple[bool, str]:
+        """Alive = Faust's event loop runs callbacks (a wedged loop consumes nothing)."""
+        loop = self.app.loop
+        if not loop.is_running():
+            return True, "starting"
+        answered = threading.Event()
+        loop.call_soon_threadsafe(answered.set)
+        if not answered.wait(LOOP_ANSWER_S):
+            return False, f"event loop did not answer within {LOOP_ANSWER_S:.0f}s"
+        return True, "event loop answering"
+
+    def _ping_store(self) -> tuple[bool, str]:
+        self.service.store.ping()
+        return True, f"LanceDB at {self.settings.lancedb.uri} reachable"
 
     async def _engine(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -383,6 +420,7 @@ class ScoringAgent:
 
     async def release_all(self) -> None:
         """On revocation: persist, then forget every shard so no stale state survives."""
+        self.assigned = []
         async with self._write_lock:
             async with self._lock:
                 if self.failed:
@@ -480,6 +518,7 @@ def create_app(settings: Settings) -> faust.App:
         log.info("assigned %d partitions of %s (topic id %s): %s", len(mine), settings.topics.raw,
                  agent_state.incarnation or "-", mine)
         await agent_state.claim(mine)
+        agent_state.assigned = mine
 
     app.ruleless = agent_state  # type: ignore[attr-defined]
     return app
@@ -494,8 +533,10 @@ def run(settings: Settings) -> None:
     return_freed_memory()
     ensure_topics(settings.kafka, settings.topics)
     check_copartitioned(settings.kafka, [settings.topics.raw, settings.topics.feedback])
-    serve_metrics(settings.worker.metrics_port, settings.metrics_host)
     app = create_app(settings)
+    if settings.worker.metrics_port:
+        state: ScoringAgent = app.ruleless  # type: ignore[attr-defined]
+        HealthServer(settings.worker.metrics_port, settings.metrics_host, ready=state.readiness, alive=state.liveness).start()
     log.info(
         "worker %s: %s -> %s (alerts %s, dead letters %s), shards in %s, algorithm %s (%s build)",
         settings.worker.group_id, settings.topics.raw, settings.topics.scored,

@@ -73,11 +73,14 @@ def test_full_spool_refuses_and_the_publisher_counts_drops(tmp_path: Path, caplo
     spool.close()
     unreachable = KafkaSettings(bootstrap="127.0.0.1:1")
     publisher = SpooledPublisher(unreachable, "t", tmp_path / "b", max_bytes=4096, delivery_timeout_s=1, close_timeout_s=0)
+    assert publisher.health()[0], "an empty spool is healthy"
     with caplog.at_level(logging.WARNING, logger="agent.spool"):
         for i in range(50):
             publisher.publish(event(i))
+    ok, why = publisher.health()  # (the agent's /readyz: a full spool drops events)
     publisher.close()
     assert publisher.failed > 0 and publisher.delivered == 0
+    assert not ok and "spool full" in why
     assert "is full" in caplog.text and "dropping new events" in caplog.text
 
 
@@ -201,4 +204,5 @@ def test_a_dead_sender_stops_the_agent_instead_of_spooling_forever(tmp_path: Pat
         while time.monotonic() < deadline:
             publisher.publish(event(2))
             time.sleep(0.05)
+    assert publisher.health() == (False, "spool sender stopped: RuntimeError: disk on fire")
     publisher.close()
