@@ -24,6 +24,9 @@ from schemas.events import RawEvent
 from streams.priors import Prior
 
 
+# Event time is cut into days: expiry and org priors move at day boundaries.
+DAY_S = 86_400.0
+
 # What an algorithm says about one event: (score, reasons, history — the events the shard
 # had learned before this one, which drives the "learning" flag — and the (warn, alert)
 # thresholds the shard derived from its own scores, or None). A plain tuple: one is built

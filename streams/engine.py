@@ -16,11 +16,10 @@ from threadpoolctl import threadpool_limits
 
 from ruleless.settings import EngineSettings
 from schemas.events import RawEvent, ScoredEvent
-from streams.algorithm import Algorithm, Changes, ShardModel, make_algorithm
+from streams.algorithm import DAY_S, Algorithm, Changes, ShardModel, make_algorithm
 from streams.priors import OrgPriors
 
 _blas_limited = False
-DAY_S = 86_400.0
 # Engine.score builds scored events positionally (a third of the cost of keywords).
 _VERDICT_FIELDS = ("score", "severity", "reasons", "model", "learning", "scored_at")
 assert ScoredEvent.__struct_fields__ == RawEvent.__struct_fields__ + _VERDICT_FIELDS

@@ -73,7 +73,7 @@ import pyarrow.compute as pc
 
 from ruleless.settings import EngineSettings
 from schemas.events import RawEvent
-from streams.algorithm import Changes, Verdict, register
+from streams.algorithm import DAY_S, Changes, Verdict, register
 from streams.priors import KINDS as PRIOR_KINDS
 from streams.priors import MIN_EPISODES as PRIOR_MIN_EPISODES
 from streams.priors import Prior, key_hash
@@ -85,7 +85,6 @@ from streams.normalize import (
 SEP = "\x1f"
 META_KEY = "__meta__"
 EPISODE_GAP_S = 1800.0
-DAY_S = 86_400.0
 # Weight of each kind of observation in the combined score.
 WEIGHTS = {
     "prog": 1.0,
