@@ -84,3 +84,17 @@ def produce_paced(
                 time.sleep(ahead)
     assert prod.flush(60) == 0
     return len(events) / (time.monotonic() - started)
+
+
+def docker_unavailable() -> str | None:
+    """Why no Docker engine can be used (testcontainers tests skip with it), or None."""
+    try:
+        import docker
+        from docker.errors import DockerException
+    except ImportError as exc:
+        return f"docker client library missing: {exc}"
+    try:
+        docker.from_env(timeout=3).ping()
+    except (DockerException, OSError) as exc:
+        return f"no Docker engine answers: {exc}"
+    return None

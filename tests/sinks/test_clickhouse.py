@@ -31,29 +31,16 @@ from sinks.clickhouse import (
     open_backend,
     rows_table,
 )
+from tests.processes import docker_unavailable
 from tests.sinks.support import scored
 
 pytestmark = pytest.mark.integration
 
 
-def _docker_unavailable() -> str | None:
-    """Why no Docker engine can be used, or None when one answers."""
-    try:
-        import docker
-        from docker.errors import DockerException
-    except ImportError as exc:
-        return f"docker client library missing: {exc}"
-    try:
-        docker.from_env(timeout=3).ping()
-    except (DockerException, OSError) as exc:
-        return f"no Docker engine answers: {exc}"
-    return None
-
-
 @pytest.fixture(scope="module")
 def clickhouse_server() -> Iterator[ClickHouseSettings]:
     """A real ClickHouse server in a container (skips where no Docker engine answers)."""
-    reason = _docker_unavailable()
+    reason = docker_unavailable()
     if reason:
         pytest.skip(reason)
     from testcontainers.community.clickhouse import ClickHouseContainer
