@@ -466,6 +466,10 @@ class Index:
         for row, h in enumerate(self.keys):
             self._place(h, row)
 
+    def kept(self, mask: np.ndarray) -> "Index":
+        """A new index of the rows ``mask`` (boolean, by row) keeps, renumbered in order."""
+        return Index(array("q", np.frombuffer(self.keys, dtype=np.int64)[mask].tobytes()))
+
     def __deepcopy__(self, memo: dict) -> "Index":
         return Index(array("q", self.keys))
 
@@ -561,7 +565,7 @@ class Stats:
         """Keep only the rows ``kept`` (a boolean mask), renumbered in order."""
         for name, code in _STAT_COLUMNS:
             setattr(self, name, array(code, self.column(name)[kept].tobytes()))
-        self.index = Index(array("q", np.frombuffer(self.index.keys, dtype=np.int64)[kept].tobytes()))
+        self.index = self.index.kept(kept)
 
     def __deepcopy__(self, memo: dict) -> "Stats":
         copied = Stats()
@@ -954,12 +958,11 @@ class EvidenceShard:
         kept = ~dead
         row_number = np.cumsum(kept) - 1
         new_ctx = ctx_number[ctx_of[kept]].astype(np.int32)
-        del ctx_of
         st.keep(kept)
         st.ctx = array("i", new_ctx.tobytes())
         contexts.episodes = array("q", ctx_episodes[live_ctx].tobytes())
         contexts.values = array("q", ctx_values[live_ctx].tobytes())
-        contexts.index = Index(array("q", np.frombuffer(contexts.index.keys, dtype=np.int64)[live_ctx].tobytes()))
+        contexts.index = contexts.index.kept(live_ctx)
         for program, (key, row) in list(self._top_args.items()):
             if kept[row]:
                 self._top_args[program] = (key, int(row_number[row]))
