@@ -194,7 +194,7 @@ def test_ruleless_up_restarts_what_dies_and_leaves_nothing_behind(tmp_path: Path
     try:
         poll_sql(url, "SELECT 1 AS ok", lambda r: bool(r), timeout=120, token=token)
         parts = _children(up.pid)
-        assert set(parts) == {"broker", "sink", "worker", "agent"}, parts
+        assert set(parts) == {"broker", "sink", "worker", "agent", "api"}, parts
 
         os.kill(parts["worker"], signal.SIGKILL)
         _wait("a new worker", lambda: _children(up.pid).get("worker", parts["worker"]) != parts["worker"], 30)
@@ -245,7 +245,7 @@ def test_ruleless_up_as_root_runs_the_sink_and_worker_unprivileged() -> None:
         out, _ = up.communicate(timeout=90)
         shutil.rmtree(data, ignore_errors=True)
     text = out.decode(errors="replace")
-    assert uids == {"broker": 0, "agent": 0, "sink": dropped, "worker": dropped}, (uids, text[-2000:])
+    assert uids == {"broker": 0, "agent": 0, "sink": dropped, "worker": dropped, "api": dropped}, (uids, text[-2000:])
     assert why in " ".join(text.split()), text
 
 
