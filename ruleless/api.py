@@ -53,16 +53,15 @@ class Context:
             return self._opened[name]
 
     def index(self) -> Any:
-        """The behaviour index (streams.behaviours), or None where it is not built in."""
+        """The behaviour index (streams.behaviours), or None where it is not built in.
 
-        def make() -> Any:
-            try:
-                from streams.behaviours import BehaviourIndex
-            except ImportError:
-                return None
-            return BehaviourIndex(self.settings.lancedb.uri)
-
-        return self._once("index", make)
+        A new one per request (~1 ms): the sink's indexer adds behaviours from another
+        process, and an open LanceDB table keeps reading the version it opened."""
+        try:
+            from streams.behaviours import BehaviourIndex
+        except ImportError:
+            return None
+        return BehaviourIndex(self.settings.lancedb.uri)
 
     def overrides(self) -> Any:
         from streams.thresholds import ThresholdOverrides
