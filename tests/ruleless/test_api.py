@@ -22,6 +22,7 @@ from ruleless.tokens import TokenStore, tokens_path
 from schemas.events import RawEvent
 from tests.apistack import api_process, pipeline, publish, sql, stack_settings, table, token, wait_for, wait_stored
 from tests.factories import T0, event, workload_stream
+from ruleless.reads import HAS_BEHAVIOUR_ID
 from tests.processes import RULELESS
 
 pytestmark = pytest.mark.integration
@@ -62,8 +63,18 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         ids = [e.event_id or "" for e in alpha["all"] + bravo["all"]]
         wait_stored(settings, ids)
         with api_process(settings, data) as url:
-            yield {"settings": settings, "url": url, "alpha": alpha, "bravo": bravo, "logs": data,
-                   "a": token(settings, ALPHA), "b": token(settings, BRAVO), "admin": token(settings, "ops", admin=True)}
+            made = {"settings": settings, "url": url, "alpha": alpha, "bravo": bravo, "logs": data,
+                    "a": token(settings, ALPHA), "b": token(settings, BRAVO), "admin": token(settings, "ops", admin=True)}
+            if HAS_BEHAVIOUR_ID:  # the sink's indexer has both orgs' behaviours before any test reads
+                wait_for(lambda: _indexed(made), 180, "the sink's indexer to index both orgs' reverse shells")
+            yield made
+
+
+def _indexed(stack: dict[str, Any]) -> bool:
+    with client(stack, "admin") as c:
+        hits = c.post("/telemetry/security/search", json={"query": "bash -i /dev/tcp", "limit": 50}).json()["hits"]
+    found = {h["cmdline"] for h in hits if h["event"] is not None}
+    return {stack["alpha"]["shell"].cmdline, stack["bravo"]["shell"].cmdline} <= found
 
 
 def client(stack: dict[str, Any], who: str | None) -> httpx.Client:
@@ -286,6 +297,55 @@ def test_workload_stats(stack: dict[str, Any]) -> None:
     with client(stack, "a") as c:
         assert c.get(f"/api/workloads/{ALPHA}/nope/stats").status_code == 404
         assert c.get(f"/api/workloads/{BRAVO}/db/stats").status_code == 404
+
+
+# -- search ------------------------------------------------------------------------------------
+
+needs_index = pytest.mark.skipif(not HAS_BEHAVIOUR_ID, reason="the events table has no behaviour_id (search part not merged)")
+
+
+def search(stack: dict[str, Any], who: str = "a", **body: Any) -> list[dict[str, Any]]:
+    with client(stack, who) as c:
+        resp = c.post("/telemetry/security/search", json=body)
+    assert resp.status_code == 200, resp.text[:500]
+    return resp.json()["hits"]  # type: ignore[no-any-return]
+
+
+@needs_index
+def test_search_finds_intent_within_the_callers_org(stack: dict[str, Any]) -> None:
+    alpha, bravo = stack["alpha"], stack["bravo"]
+    hits = search(stack, query="reverse shell", limit=10)
+    assert alpha["shell"].cmdline in [h["cmdline"] for h in hits[:3]], [h["cmdline"] for h in hits]
+    assert all(h["org_id"] == ALPHA and h["event"]["org_id"] == ALPHA for h in hits)
+    top = next(h for h in hits if h["cmdline"] == alpha["shell"].cmdline)
+    assert top["event"]["event_id"] == alpha["shell"].event_id
+    assert top["host"] == "web-1" and top["ts"] == alpha["shell"].ts and top["score"] == top["event"]["score"]
+    assert [h["rank"] for h in hits] == list(range(1, len(hits) + 1))
+    assert [h["similarity"] for h in hits] == sorted((h["similarity"] for h in hits), reverse=True)
+    # The admin sees both orgs' shells, or one org's when it names it; bravo sees its own.
+    both = {h["cmdline"] for h in search(stack, "admin", query="reverse shell", limit=20)}
+    assert {alpha["shell"].cmdline, bravo["shell"].cmdline} <= both
+    assert {h["org_id"] for h in search(stack, "admin", query="reverse shell", org=BRAVO)} == {BRAVO}
+    assert {h["org_id"] for h in search(stack, "b", query="reverse shell")} == {BRAVO}
+    assert {h["workload"] for h in search(stack, query="database dump", workload="db")} == {"db"}
+    with client(stack, "a") as c:
+        assert c.post("/telemetry/security/search", json={"query": "reverse shell", "org": BRAVO}).status_code == 403
+        assert c.post("/telemetry/security/search", json={"query": " "}).status_code == 422
+
+
+@needs_index
+def test_more_like_this_event_and_nearest_known(stack: dict[str, Any]) -> None:
+    alpha = stack["alpha"]
+    hits = search(stack, query="", like_event_id=alpha["shell"].event_id, limit=5)
+    assert hits and all(h["org_id"] == ALPHA for h in hits)
+    assert alpha["shell"].cmdline not in [h["cmdline"] for h in hits]  # (itself left out)
+    detail = get(stack, f"/api/events/{alpha['shell'].event_id}")
+    known = detail["nearest_known"]
+    assert known and all(k["org_id"] == ALPHA and k["workload"] == "web" for k in known)
+    assert alpha["shell"].cmdline not in [k["exemplar"] for k in known]
+    with client(stack, "a") as c:
+        resp = c.post("/telemetry/security/search", json={"like_event_id": stack["bravo"]["shell"].event_id})
+        assert resp.status_code == 404
 
 
 # -- the worker hears the API ------------------------------------------------------------------
