@@ -33,6 +33,13 @@ from schemas.events import NAME_PATTERN
 log = logging.getLogger(__name__)
 
 DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
+# On every answer: no framing of the dashboard by another site, no MIME sniffing, no
+# Referer (URLs carry filters such as hosts and command-line text), no caching of data.
+SECURITY_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 class ApiMetrics:
@@ -182,6 +189,9 @@ def create_app(settings: Settings, reader: Reader | None = None, tokens: TokenSt
         path = getattr(route, "path", None) or ("/" if request.url.path.startswith("/") else "?")
         metrics.requests.labels(request.method, path, str(response.status_code)).inc()
         metrics.latency.labels(path).observe(time.perf_counter() - started)
+        response.headers.update(SECURITY_HEADERS)
+        if request.url.path.startswith(("/api/", "/telemetry/")):
+            response.headers["Cache-Control"] = "no-store"
         return response
 
     @app.exception_handler(QueryError)

@@ -431,6 +431,7 @@ def test_the_dashboard_is_served_at_the_root_and_nothing_from_a_cdn(tmp_path: Pa
     app = create_app(load_settings(data_dir=str(tmp_path)), dashboard=tmp_path / "dash")
     with TestClient(app) as c:
         assert c.get("/").text == "<title>ruleless</title>"
+        assert c.get("/").headers["x-frame-options"] == "DENY"
         assert c.get("/docs").status_code == 404  # (FastAPI's page loads its scripts from a CDN)
         assert c.get("/openapi.json").status_code == 200
         assert c.get("/api/events").status_code == 401
