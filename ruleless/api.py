@@ -11,8 +11,8 @@ static files (ruleless/dashboard/) at ``/``.
 from __future__ import annotations
 
 import logging
-import time
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -112,7 +112,11 @@ def caller(
     """The caller of a request, from its bearer token; 401 without a valid one."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized("a bearer token is required (ruleless token create --org ORG)")
-    who = _context(request).tokens.verify(credentials.credentials)
+    try:
+        who = _context(request).tokens.verify(credentials.credentials)
+    except ConfigError as exc:  # (a token store that cannot be read lets nobody in)
+        log.error("%s", exc.message)
+        raise HTTPException(503, "the token store cannot be read") from None
     if who is None:
         raise _unauthorized("unknown or revoked token")
     return who
