@@ -166,7 +166,7 @@ def test_org_a_reads_nothing_of_org_b_on_any_endpoint(stack: dict[str, Any]) -> 
     queries = [{}, {"org": BRAVO}, {"limit": 500}, {"workload": "web", "host": "web-1"}, {"q": "10.6.6.6"},
                {"q": "bash"}, {"program": "python3"}, {"severity": "warn,alert"}, {"since": "2026-01-01T00:00:00"}]
     seen: dict[tuple[str, str], list[int]] = {}
-    bodies_seen = 0
+    bodies_seen = search_hits = 0
     with client(stack, "a") as c:
         for method, path in _api_operations(doc):
             for values in param_values:
@@ -184,7 +184,11 @@ def test_org_a_reads_nothing_of_org_b_on_any_endpoint(stack: dict[str, Any]) -> 
                     leaked = {i for i in bravo_ids if i and i in text}
                     assert not leaked, (method, concrete, leaked)
                     bodies_seen += resp.status_code == 200
+                    if path.endswith("/search") and resp.status_code == 200:
+                        search_hits += len(resp.json()["hits"])
     assert set(seen) == set(_api_operations(doc))
+    # (search had hits of alpha's to return: the index holds both orgs' behaviours)
+    assert search_hits > 0 or not HAS_BEHAVIOUR_ID
     # Every operation answered alpha at least once (a walk of 404s would prove nothing).
     assert all(200 in codes or 202 in codes for codes in seen.values()), seen
     # Counts are alpha's alone, although bravo runs workloads of the same names.
