@@ -163,8 +163,10 @@ def _write_behaviours(settings: Settings, columns: dict[str, Any], ids: np.ndarr
     except ImportError:
         return 0
     import lancedb
+    from threadpoolctl import threadpool_limits
 
-    vectors = embed(texts)
+    with threadpool_limits(limits=1, user_api="blas"):  # (8x faster here than OpenBLAS's pool)
+        vectors = embed(texts)
     uniq, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
     counts = np.bincount(inverse)
     ts, score = columns["ts"], columns["score"]
