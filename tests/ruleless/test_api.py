@@ -162,8 +162,10 @@ def test_org_a_reads_nothing_of_org_b_on_any_endpoint(stack: dict[str, Any]) -> 
         {"event_id": alpha["certbot"].event_id, "org": ALPHA, "workload": "db"},
         {"event_id": bravo["shell"].event_id, "org": BRAVO, "workload": "web"},
         {"event_id": bravo["certbot"].event_id, "org": BRAVO, "workload": "db"},
+        {"event_id": "x' OR org_id = 'bravo", "org": "alpha' OR '1'='1", "workload": "web' OR org_id = 'bravo"},
     ]
     queries = [{}, {"org": BRAVO}, {"limit": 500}, {"workload": "web", "host": "web-1"}, {"q": "10.6.6.6"},
+               {"workload": "web' OR org_id = 'bravo' OR '"}, {"q": "\\' OR 1=1) OR org_id = 'bravo' --"},
                {"q": "bash"}, {"program": "python3"}, {"severity": "warn,alert"}, {"since": "2026-01-01T00:00:00"}]
     seen: dict[tuple[str, str], list[int]] = {}
     bodies_seen = search_hits = 0
