@@ -54,6 +54,7 @@ MIN_CANDIDATES = 100
 TEMPLATE_WORDS = 64
 EXEMPLAR_CHARS = 2048
 _IN_CHUNK = 500
+EMBED_CHUNK = 256
 
 SCHEMA = pa.schema([
     pa.field("org_id", pa.string()),
@@ -255,7 +256,12 @@ class BehaviourIndex:
         with self._write:
             existing = self._rows_by_id(list(incoming))
             new_ids = [b for b in incoming if b not in existing]
-            vectors = self.embed([incoming[b].exemplar for b in new_ids]) if new_ids else np.zeros((0, DIM), np.float32)
+            texts = [incoming[b].exemplar for b in new_ids]
+            # (in chunks: a long backlog is not one call holding every activation at once)
+            vectors = np.concatenate(
+                [self.embed(texts[i : i + EMBED_CHUNK]) for i in range(0, len(texts), EMBED_CHUNK)]
+                or [np.zeros((0, DIM), np.float32)]
+            )
             records: list[dict[str, Any]] = []
             for b, vector in zip(new_ids, vectors):
                 row = incoming[b]
