@@ -99,7 +99,7 @@ def test_embedding_throughput() -> None:
     assert vectors.shape == (len(lines), 384)
     record("search", "embedding lines/s (1 core)", rate, "lines/s", "",
            "all-MiniLM-L6-v2, numpy forward pass on one BLAS thread; 1,000 recorded command lines "
-           "(74 tokens on average, 128 at most)")  # fmt: skip
+           "(128 tokens at most)")  # fmt: skip
 
 
 def test_engine_keeps_its_speed_while_the_indexer_embeds(stream: list[RawEvent], tmp_path: Path) -> None:
