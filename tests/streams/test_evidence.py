@@ -289,7 +289,7 @@ def test_the_score_window_survives_packing_sparse_or_dense_and_older_encodings()
         window = array("H", [rng.randrange(1, 1001) if rng.random() < density else 0 for _ in range(length)])
         packed = _pack_scores(window)
         assert _unpack_scores(packed) == window
-        assert len(packed) <= len(base64.b64encode(window.tobytes())) + 8, "never larger than the raw window's base64"
+        assert len(packed) <= len(base64.b64encode(window.tobytes())) + 16, "never much larger than the raw window's base64"
     old = array("H", [0, 5, 0, 900])
     assert _unpack_scores("~" + base64.b64encode(zlib.compress(old.tobytes())).decode()) == old
     assert _unpack_scores(base64.b64encode(old.tobytes()).decode()) == old
