@@ -625,13 +625,14 @@ def _search_routes(app: FastAPI, settings: Settings) -> None:
             hits = index.search(body.query, orgs, body.workload, body.limit)
         else:
             raise HTTPException(422, "give a query or a like_event_id")
-        hits = [h for h in hits if orgs is None or h.org_id in orgs][: body.limit]  # (the index filtered already)
+        # (the index filtered already; what is asked is checked again, cheaply)
+        hits = [h for h in hits if (orgs is None or h.org_id in orgs) and body.workload in (None, h.workload)][: body.limit]
         searched = time.perf_counter()
         events: dict[str, dict[str, Any]] = {}
         if hits and reads.HAS_BEHAVIOUR_ID:
             # (a minute's slack: the index's last_ts is the newest event it had seen)
             since = min(float(h.last_ts) for h in hits) - 60
-            sql = reads.behaviour_events_sql(settings, scope, [h.behaviour_id for h in hits], since, body.workload)
+            sql = reads.behaviour_events_sql(settings, scope, [(h.workload, h.behaviour_id) for h in hits], since)
             events = {str(r["behaviour_id"]): r for r in read(ctx, sql)}
         response.headers["Server-Timing"] = (f"index;dur={(searched - started) * 1000:.1f}, "
                                              f"events;dur={(time.perf_counter() - searched) * 1000:.1f}")
