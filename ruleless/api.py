@@ -234,6 +234,7 @@ def _routes(app: FastAPI, settings: Settings) -> None:
     def events(
         who: CallerDep,
         ctx: ContextDep,
+        response: Response,
         org: str | None = None,
         workload: str | None = None,
         host: str | None = None,
@@ -256,7 +257,9 @@ def _routes(app: FastAPI, settings: Settings) -> None:
             max_score=max_score, severity=_severities(severity), program=program, q=q,
         )
         after = Cursor.decode(cursor) if cursor else None
+        started = time.perf_counter()
         rows = read(ctx, events_sql(settings, scope, filters, limit + 1, 0 if after else offset, after))
+        response.headers["Server-Timing"] = f"events;dur={(time.perf_counter() - started) * 1000:.1f}"
         more = len(rows) > limit
         rows = rows[:limit]
         nxt = Cursor(float(rows[-1]["ts"]), str(rows[-1]["event_id"])).encode() if more and rows else None
