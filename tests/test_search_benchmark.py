@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from ruleless.embedding import embed
+from ruleless.embedding import MAX_TOKENS, embed
 from ruleless.settings import EngineSettings
 from schemas.events import RawEvent
 from streams.engine import Engine
@@ -36,7 +36,7 @@ INDEXER_ROWS = 20_000
 _INDEXER = textwrap.dedent(
     """
     import sys, threading, time
-    from ruleless.embedding import embed
+    from ruleless.embedding import MAX_TOKENS, embed
     from ruleless.settings import load_settings
     from sinks import indexer
     from sinks.clickhouse import ChdbBackend, event_row, rows_table
@@ -99,7 +99,7 @@ def test_embedding_throughput() -> None:
     assert vectors.shape == (len(lines), 384)
     record("search", "embedding lines/s (1 core)", rate, "lines/s", "",
            "all-MiniLM-L6-v2, numpy forward pass on one BLAS thread; 1,000 recorded command lines "
-           "(128 tokens at most)")  # fmt: skip
+           f"({MAX_TOKENS} tokens at most)")  # fmt: skip
 
 
 def test_engine_keeps_its_speed_while_the_indexer_embeds(stream: list[RawEvent], tmp_path: Path) -> None:
