@@ -26,8 +26,10 @@ from sinks.clickhouse import COLUMNS, table_ref
 
 # The events table has a behaviour_id column once the search part is in (issue 16).
 HAS_BEHAVIOUR_ID = any(c.name == "behaviour_id" for c in COLUMNS)
-# What makes two events "the same behaviour" in a GROUP BY.
-BEHAVIOUR_KEY = "behaviour_id" if HAS_BEHAVIOUR_ID else "concat(process_name, ' ', cmdline)"
+# What makes two events "the same behaviour" in a GROUP BY (rows written before the
+# column existed have it empty: their program and command line then).
+_PLAIN_KEY = "concat(process_name, ' ', cmdline)"
+BEHAVIOUR_KEY = f"if(behaviour_id != '', behaviour_id, {_PLAIN_KEY})" if HAS_BEHAVIOUR_ID else _PLAIN_KEY
 
 # An event as lists show it (no argv: the cmdline says it).
 LIST_COLUMNS: tuple[str, ...] = (
