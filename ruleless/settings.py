@@ -181,6 +181,14 @@ class SinkSettings(BaseModel):
     query_host: str = "127.0.0.1"
     query_port: int = 8124
     query_token: SecretStr | None = None
+    # The search index of behaviours (sinks/indexer.py): a thread of the sink that adds
+    # what was inserted to the LanceDB `behaviours` table (lancedb.uri) every interval,
+    # at this niceness and on one BLAS thread, so embedding never competes with workers.
+    behaviours: bool = True
+    behaviours_interval_s: float = Field(5.0, gt=0)
+    behaviours_nice: int = Field(10, ge=0, le=19)
+    # Share of one core the indexer's embedding may use (it rests the remaining time).
+    behaviours_cpu: float = Field(0.2, gt=0, le=1)
 
 
 class AlertRoute(BaseModel):
