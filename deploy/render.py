@@ -5,8 +5,9 @@
 
 Renders a Namespace, a ConfigMap (``ruleless.toml``: ``values.settings`` in the one
 settings format), a Secret (``values.secrets``: RULELESS_* variables), the agent's
-DaemonSet, the worker's Deployment and LanceDB volume, and the sink's Deployment, as one
-``v1/List`` in JSON (kubectl reads it as it reads YAML). Values are TOML so rendering
+DaemonSet, the worker's Deployment and LanceDB volume, the sink's Deployment (its
+behaviour indexer writes to LanceDB too) and the API's (with a volume for its token
+store), as one ``v1/List`` in JSON (kubectl reads it as it reads YAML). Values are TOML so rendering
 needs nothing beyond the standard library.
 """
 
@@ -23,7 +24,7 @@ DEFAULT_VALUES = Path(__file__).with_name("values.toml")
 CONFIG_DIR = "/etc/ruleless"
 CONFIG_FILE = f"{CONFIG_DIR}/ruleless.toml"
 # Metrics (and /healthz, /readyz) ports: the settings' defaults (ruleless/settings.py).
-PORTS = {"worker": 9464, "sink": 9465, "agent": 9466}
+PORTS = {"worker": 9464, "sink": 9465, "agent": 9466, "api": 9468}
 # What the agent's backends need in a container (README "Install on a fleet"): eBPF
 # (BPF, PERFMON; SYS_ADMIN for kernels before 5.8 and BCC's tracefs access), the proc
 # connector (NET_ADMIN), real-time netlink readers (SYS_NICE), reading other processes'
@@ -52,6 +53,8 @@ def render(values: dict[str, Any]) -> list[dict[str, Any]]:
         raise ValueError(f"worker.replicas {values['worker']['replicas']} > topics.partitions {partitions}: "
                          "the extra workers would own no partition")  # fmt: skip
     ns = values["namespace"]
+    lancedb_mount = volume_mount("lancedb", "/data/lancedb")
+    lancedb_volume = {"name": "lancedb", "persistentVolumeClaim": {"claimName": "ruleless-lancedb"}}
     return [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta("ruleless-config", ns),
@@ -60,9 +63,11 @@ def render(values: dict[str, Any]) -> list[dict[str, Any]]:
          "stringData": {k: str(v) for k, v in values.get("secrets", {}).items()}},
         lancedb_claim(values),
         agent_daemonset(values),
-        deployment(values, "worker", [volume_mount("lancedb", "/data/lancedb")],
-                   [{"name": "lancedb", "persistentVolumeClaim": {"claimName": "ruleless-lancedb"}}]),
-        deployment(values, "sink", [], []),
+        api_tokens_claim(values),
+        deployment(values, "worker", [lancedb_mount], [lancedb_volume]),
+        deployment(values, "sink", [lancedb_mount], [lancedb_volume]),
+        deployment(values, "api", [lancedb_mount, volume_mount("tokens", API_TOKENS_DIR)],
+                   [lancedb_volume, {"name": "tokens", "persistentVolumeClaim": {"claimName": "ruleless-api-tokens"}}]),
     ]  # fmt: skip
 
 
@@ -158,6 +163,16 @@ def lancedb_claim(values: dict[str, Any]) -> dict[str, Any]:
         spec["storageClassName"] = values["worker"]["lancedb_storage_class"]
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta("ruleless-lancedb", values["namespace"]),
             "spec": spec}  # fmt: skip
+
+
+# The API's token store (api.tokens_file in values.toml) lives on a volume of its own:
+# tokens are made with `kubectl exec deploy/ruleless-api -- ruleless token create ...`.
+API_TOKENS_DIR = "/var/lib/ruleless-api"
+
+
+def api_tokens_claim(values: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta("ruleless-api-tokens", values["namespace"]),
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}  # fmt: skip
 
 
 def to_toml(settings: dict[str, Any], prefix: str = "") -> str:

@@ -82,7 +82,7 @@ def test_every_container_command_and_environment_is_accepted(tmp_path: Path, mon
         roles.add(args[0])
         if args[0] == "agent":
             assert settings.agent.host == "node-7"
-    assert roles == {"agent", "worker", "sink"}
+    assert roles == {"agent", "worker", "sink", "api"}
 
 
 def test_the_agent_daemonset_has_what_ebpf_needs_and_no_privileged_mode() -> None:
