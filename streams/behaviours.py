@@ -10,8 +10,14 @@ the embedding of its exemplar (:mod:`ruleless.embedding`).
 
 Search ranks by two signals over the same rows:
 
-- meaning: cosine similarity of the query's embedding to the exemplar's (LanceDB vector
-  search), so "reverse shell" can reach ``bash -i >& /dev/tcp/...`` without a shared word;
+- meaning: cosine similarity of the query's embedding to the behaviour's (LanceDB vector
+  search), so "reverse shell" can reach ``bash -i >& /dev/tcp/...`` without a shared word.
+  A behaviour is embedded in two views: its exemplar as it is, and the exemplar told in
+  words (:func:`streams.describe.indexing_text`: the manual's one-line descriptions of the
+  programs it runs and files it names, and its paths and identifiers split into words).
+  The stored vector is the two embeddings side by side, weighted (``RAW_WEIGHT``), and the
+  query's vector is the query's embedding twice with the same weights, so one cosine in
+  LanceDB is ``RAW_WEIGHT * cos(query, exemplar) + (1 - RAW_WEIGHT) * cos(query, told)``;
 - words: the share of the query's words (stemmed, stop words dropped) that appear in the
   command line's words (paths and options split into words), on the candidates of both
   the vector search and LanceDB's full-text index over those words (so a query naming a
@@ -40,6 +46,7 @@ import numpy as np
 import pyarrow as pa
 
 from ruleless.embedding import DIM, embed
+from streams.describe import indexing_text
 from streams.normalize import normalize_token
 
 log = logging.getLogger(__name__)
@@ -51,6 +58,10 @@ WORD_WEIGHT = 0.2
 # as a kind of command, not as prose (tuned queries, vector search alone: p@10 0.21 -> 0.30;
 # other neutral framings, "bash command:", "command line to ...", gave 0.28-0.31).
 QUERY_FRAME = "shell command: {}"
+# Weight of the raw exemplar's view against the described view (tuned queries, vector
+# search alone: raw only 0.35, described only 0.29, 0.5 -> 0.35, 0.7 -> 0.38, 0.8 -> 0.37).
+RAW_WEIGHT = 0.7
+VECTOR_DIM = 2 * DIM
 # Candidates fetched from each of the two searches per hit asked for (at least MIN_CANDIDATES).
 CANDIDATES_PER_HIT = 5
 MIN_CANDIDATES = 100
@@ -71,7 +82,7 @@ SCHEMA = pa.schema([
     pa.field("first_ts", pa.float64()),
     pa.field("last_ts", pa.float64()),
     pa.field("max_score", pa.float64()),
-    pa.field("vector", pa.list_(pa.float32(), DIM)),
+    pa.field("vector", pa.list_(pa.float32(), VECTOR_DIM)),
 ])  # fmt: skip
 _FIELDS = [f.name for f in SCHEMA if f.name != "vector"]
 
@@ -81,6 +92,27 @@ class _EventLike(Protocol):
     workload: str
     process_name: str
     cmdline: str
+
+
+# -- vectors --------------------------------------------------------------------------
+
+_VIEWS = np.sqrt(np.array([RAW_WEIGHT, 1.0 - RAW_WEIGHT], dtype=np.float32))
+
+
+def behaviour_vectors(embedder: Callable[[Sequence[str]], np.ndarray], exemplars: Sequence[str]) -> np.ndarray:
+    """What behaviours are stored with: each exemplar's embedding and its described
+    text's (:func:`streams.describe.indexing_text`), side by side, weighted; unit rows."""
+    if not exemplars:
+        return np.zeros((0, VECTOR_DIM), np.float32)
+    both = embedder([*exemplars, *(indexing_text(e) for e in exemplars)])
+    n = len(exemplars)
+    return np.concatenate([_VIEWS[0] * both[:n], _VIEWS[1] * both[n:]], axis=1).astype(np.float32)
+
+
+def query_vector(embedder: Callable[[Sequence[str]], np.ndarray], text: str) -> np.ndarray:
+    """A search's vector: the framed query's embedding against both views."""
+    q = embedder([QUERY_FRAME.format(text)])[0]
+    return np.concatenate([_VIEWS[0] * q, _VIEWS[1] * q]).astype(np.float32)
 
 
 # -- ids ------------------------------------------------------------------------------
@@ -263,8 +295,8 @@ class BehaviourIndex:
             texts = [incoming[b].exemplar for b in new_ids]
             # (in chunks: a long backlog is not one call holding every activation at once)
             vectors = np.concatenate(
-                [self.embed(texts[i : i + EMBED_CHUNK]) for i in range(0, len(texts), EMBED_CHUNK)]
-                or [np.zeros((0, DIM), np.float32)]
+                [behaviour_vectors(self.embed, texts[i : i + EMBED_CHUNK]) for i in range(0, len(texts), EMBED_CHUNK)]
+                or [np.zeros((0, VECTOR_DIM), np.float32)]
             )
             records: list[dict[str, Any]] = []
             for b, vector in zip(new_ids, vectors):
@@ -346,7 +378,7 @@ class BehaviourIndex:
         if table is None or not text.strip() or (orgs is not None and not orgs):
             return []
         where = _filter(orgs, workload)
-        vector = self.embed([QUERY_FRAME.format(text)])[0]
+        vector = query_vector(self.embed, text)
         k = max(MIN_CANDIDATES, CANDIDATES_PER_HIT * limit)
         candidates = {r["behaviour_id"]: r for r in self._nearest(table, vector, where, k)}
         for r in self._full_text(table, text, where, k):
@@ -368,7 +400,7 @@ class BehaviourIndex:
         """The workload's known behaviours nearest to ``behaviour`` (a behaviour id of
         this org, else free text such as a command line), itself left out."""
         row = self._one(org_id, behaviour)
-        vector = np.asarray(row["vector"], np.float32) if row is not None else self.embed([behaviour])[0]
+        vector = np.asarray(row["vector"], np.float32) if row is not None else behaviour_vectors(self.embed, [behaviour])[0]
         return self._by_vector(vector, _filter({org_id}, workload), behaviour, limit)
 
     def _by_vector(self, vector: np.ndarray, where: str | None, exclude: str, limit: int) -> list[BehaviourHit]:
