@@ -68,6 +68,7 @@ MIN_CANDIDATES = 100
 # The template of a command line keeps its first words (a behaviour is what it starts with).
 TEMPLATE_WORDS = 64
 EXEMPLAR_CHARS = 2048
+CMDLINE_KEY_CHARS = 4096
 _IN_CHUNK = 500
 EMBED_CHUNK = 256
 
@@ -133,7 +134,8 @@ def _behaviour_id(org_id: str, workload: str, process_name: str, cmdline: str) -
 def behaviour_id(event: _EventLike) -> str:
     """The stable id of ``event``'s behaviour: org, workload, program and command-line
     template (cached: the sink asks for every event, and most repeat)."""
-    return _behaviour_id(event.org_id, event.workload, event.process_name, event.cmdline)
+    # (a bounded key for the cache: the template reads the first words only anyway)
+    return _behaviour_id(event.org_id, event.workload, event.process_name, event.cmdline[:CMDLINE_KEY_CHARS])
 
 
 # -- rows -----------------------------------------------------------------------------
