@@ -36,3 +36,35 @@ def test_words_split_paths_options_and_identifiers() -> None:
     # random keys are not words
     assert "af" not in split_words("xmrig -u 44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7")
     assert indexing_text("curl http://x").startswith("curl: transfer a URL. curl http")
+
+
+def _bag_of_words(texts):  # type: ignore[no-untyped-def]
+    """A stand-in embedder (no model): hashed words, unit rows."""
+    import zlib
+
+    import numpy as np
+
+    from ruleless.embedding import DIM
+
+    out = np.zeros((len(texts), DIM), np.float32)
+    for i, t in enumerate(texts):
+        for w in t.lower().replace("/", " ").replace(".", " ").split():
+            out[i, zlib.crc32(w.encode()) % DIM] += 1.0
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+
+def test_a_crowded_behaviour_is_denser_than_a_lone_one(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from streams.behaviours import VECTOR_DIM, BehaviourIndex, BehaviourRow
+
+    index = BehaviourIndex(str(tmp_path), embedder=_bag_of_words)
+    crowd = [f"/bin/bash /srv/ops/cron.daily/job{i}" for i in range(12)]
+    index.add(BehaviourRow("o", "w", f"c{i}", c, "bash", 1, 0.0, 0.0, 0.0) for i, c in enumerate(crowd))
+    # (indexed later, one by one: density is measured against what is stored)
+    index.add([BehaviourRow("o", "w", "lone", "crontab -u www-data /tmp/cron.txt", "crontab", 1, 0.0, 0.0, 0.0)])
+    index.add([BehaviourRow("o", "w", "c99", "/bin/bash /srv/ops/cron.daily/job99", "bash", 1, 0.0, 0.0, 0.0)])
+    index.add([BehaviourRow("other", "w", "x", "/bin/bash /srv/ops/cron.daily/job0", "bash", 1, 0.0, 0.0, 0.0)])
+    rows = {r["behaviour_id"]: r for r in index._open().search().limit(100).to_list()}
+    assert len(rows["c0"]["vector"]) == VECTOR_DIM
+    assert rows["lone"]["density"] < rows["c0"]["density"] and rows["lone"]["density"] < rows["c99"]["density"]
+    # another org's behaviours are not neighbours
+    assert rows["x"]["density"] == 0.0
