@@ -33,7 +33,11 @@ This is hubness reduction (CSLS, Conneau et al. 2018, which penalises a target b
 mean similarity to its nearest neighbours). Search and no other reader uses it.
 
 ``similarity = (cosine + WORD_WEIGHT * words - DENSITY_WEIGHT * density) / (1 + WORD_WEIGHT)``,
-clipped to 0..1.
+clipped to 0..1. The ranking is done twice (pseudo-relevance feedback, Rocchio): the
+query's vector is moved towards the mean vector of the first ranking's top
+``FEEDBACK_HITS`` (weight ``FEEDBACK_WEIGHT``) and the same candidates ranked again by
+it (a second vector search for the moved query gave the same figures at twice the
+latency).
 Tenant filters (org, workload) are part of every LanceDB query (prefilter), never
 applied to results afterwards.
 """
@@ -78,6 +82,10 @@ VECTOR_DIM = 2 * DIM
 DENSITY_NEIGHBOURS = 10
 DENSITY_WEIGHT = 0.3
 _DENSITY_BLOCK = 512
+# Pseudo-relevance feedback (tuned queries, with the density penalty: none 0.42; top 3 /
+# 5 / 10 hits at weight 0.3 -> 0.45 / 0.45 / 0.42, at 0.7 -> 0.45 / 0.46 / 0.43).
+FEEDBACK_HITS = 5
+FEEDBACK_WEIGHT = 0.5
 # Candidates fetched from each of the two searches per hit asked for (at least MIN_CANDIDATES).
 CANDIDATES_PER_HIT = 5
 MIN_CANDIDATES = 100
@@ -434,12 +442,22 @@ class BehaviourIndex:
         for r in self._full_text(table, text, where, k):
             candidates.setdefault(r["behaviour_id"], r)
         query = query_words(text)
+        hits = self._ranked(candidates, vector, query)
+        if FEEDBACK_HITS and len(hits) >= FEEDBACK_HITS:
+            top = np.stack([np.asarray(candidates[h.behaviour_id]["vector"], np.float32) for h in hits[:FEEDBACK_HITS]])
+            centre = top.mean(axis=0)
+            moved = vector + FEEDBACK_WEIGHT * centre / max(float(np.linalg.norm(centre)), 1e-9)
+            vector = (moved / max(float(np.linalg.norm(moved)), 1e-9)).astype(np.float32)
+            hits = self._ranked(candidates, vector, query)
+        return hits[:limit]
+
+    def _ranked(self, candidates: dict[str, dict[str, Any]], vector: np.ndarray, query: list[str]) -> list[BehaviourHit]:
         hits = [
             self._hit(r, float(np.dot(vector, np.asarray(r["vector"], np.float32))), query, float(r.get("density") or 0.0))
             for r in candidates.values()
         ]
         hits.sort(key=lambda h: (-h.similarity, -h.count, h.behaviour_id))
-        return hits[:limit]
+        return hits
 
     def similar(self, org_id: str, behaviour_id: str, limit: int = 10) -> list[BehaviourHit]:
         """"More like this": the org's behaviours nearest to one of its behaviours (by
