@@ -52,18 +52,25 @@ class Throttled:
 
     STEP = 32
 
-    def __init__(self, embedder: Callable[[Sequence[str]], Any], share: float) -> None:
+    def __init__(self, embedder: Callable[[Sequence[str]], Any], share: float, stop: threading.Event | None = None) -> None:
         self.embedder = embedder
         self.share = share
+        # Set, the rest ends at once and the pass is abandoned (a prompt shutdown).
+        self.stop = stop or threading.Event()
 
     def __call__(self, texts: Sequence[str]) -> Any:
         parts = []
         for i in range(0, max(1, len(texts)), self.STEP):
             started = time.perf_counter()
             parts.append(self.embedder(texts[i : i + self.STEP]))
-            if self.share < 1.0:
-                time.sleep((time.perf_counter() - started) * (1.0 / self.share - 1.0))
+            rest = (time.perf_counter() - started) * (1.0 / self.share - 1.0) if self.share < 1.0 else 0.0
+            if self.stop.wait(rest):
+                raise Stopped("the sink is stopping")
         return np.concatenate(parts)
+
+
+class Stopped(Exception):
+    """A pass abandoned because the sink stops (its watermark was not moved)."""
 
 
 def grouped_sql(table: str, since_us: int, until_us: int) -> str:
@@ -84,8 +91,10 @@ class BehaviourIndexer:
     def __init__(self, settings: Settings, backend: Backend, index: BehaviourIndex | None = None) -> None:
         self.settings = settings
         self.backend = backend
-        self.index = index or BehaviourIndex(settings.lancedb.uri, embedder=Throttled(embed, settings.sink.behaviours_cpu))
         self._stop = threading.Event()
+        self.index = index or BehaviourIndex(
+            settings.lancedb.uri, embedder=Throttled(embed, settings.sink.behaviours_cpu, self._stop)
+        )
         self._thread: threading.Thread | None = None
         self.passes = 0
         self.indexed = 0
@@ -146,6 +155,8 @@ class BehaviourIndexer:
         while not self._stop.wait(interval):
             try:
                 self.run_once()
+            except Stopped:
+                return
             except ImportError as exc:
                 # (the model's package is installed apart, --no-deps: see the Makefile)
                 log.error("behaviour index disabled: the embedding model cannot be loaded: %s", exc)
