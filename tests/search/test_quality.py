@@ -11,7 +11,9 @@ one behaviour of one org in a real LanceDB behaviours table; a query's relevant 
 are every line of its intent (both halves).
 
 Embeddings of the corpus are cached between runs (pytest's cache directory), keyed by
-the model name and the text: the first run embeds ~8,400 lines (about a minute on 2 cores).
+the model name and the text: the first run embeds ~8,400 lines twice (each behaviour is
+indexed in two views, streams/behaviours.py; about 4 minutes on the loaded 2-core
+machine), later runs take ~10 s.
 """
 
 from __future__ import annotations
@@ -35,10 +37,10 @@ BENCH = Path(os.environ.get("RULELESS_BENCH_DIR", Path(__file__).resolve().paren
 K = 10
 SEED_DIMS = 128  # the seed's hashing width (settings.engine.dims)
 
-# Floors, from the measured figures (see the README's search section); ours must also
-# beat hashing on every half.
-TUNED_FLOOR = 0.30
-HELD_OUT_FLOOR = 0.30
+# Floors, from the measured figures (see the README's search section: tuned 0.43,
+# held-out 0.41; the issue's 0.8 is not reached); ours must also beat hashing on every half.
+TUNED_FLOOR = 0.40
+HELD_OUT_FLOOR = 0.38
 
 
 class CachedEmbedder:
