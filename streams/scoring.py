@@ -92,6 +92,8 @@ class ScoringService:
         self.partition_of: dict[str, str] = {}
         self.lost: set[str] = set()
         self._fenced: list[str] = []
+        # Per group: the shards its store holds (see _stored_in), kept current by write().
+        self._stored: dict[str, set[str] | None] = {}
         # Whether the org priors read what the store knows (offline; see _stored_priors_once).
         self._stored_priors_read = False
         # The day of the org priors snapshot last saved (offline state only).
@@ -174,6 +176,13 @@ class ScoringService:
         by_group: dict[str, list[str]] = {}
         for key in keys:
             by_group.setdefault(self.group_of(key), []).append(key)
+        for group, members in by_group.items():
+            known = self._stored_in(group)
+            if known is not None:  # a shard the store has never held starts empty, unqueried
+                for key in members:
+                    if key not in known:
+                        self._install(key, None)
+                by_group[group] = [key for key in members if key in known]
         chunks = [(group, members[i : i + LOAD_CHUNK]) for group, members in by_group.items() for i in range(0, len(members), LOAD_CHUNK)]
         for group, members in chunks:
             try:
@@ -189,6 +198,17 @@ class ScoringService:
             del stored
         if by_group:
             pa.default_memory_pool().release_unused()  # (the rows read: back to the OS)
+
+    def _stored_in(self, group: str) -> set[str] | None:
+        """The shards stored in ``group``, read once per claim (a new workload then costs
+        no LanceDB query: issue 17); None when the store cannot say."""
+        if group not in self._stored:
+            try:
+                self._stored[group] = self.store.stored_shards(self.algorithm, group)
+            except Exception as exc:  # noqa: BLE001 - the per-shard reads decide (and report) unreadability
+                log.warning("shards of group %s not listed (%s); each is looked up", group, exc)
+                return None
+        return self._stored[group]
 
     def _install(self, key: str, stored: Stored | None) -> None:
         if self.unreadable.pop(key, None) is not None:
@@ -228,6 +248,7 @@ class ScoringService:
         """Claim input partitions ("topic/partition") for this worker (see streams.store)."""
         self.fence = Fence(owner, self.store.claim(sources, owner))
         self.lost.clear()
+        self._stored.clear()  # (a previous owner may have written since they were listed)
 
     def write(self, pending: PendingWrite) -> int:
         """Write a snapshot to LanceDB, one commit per group (a stream's raw partition);
@@ -254,6 +275,9 @@ class ScoringService:
                     self._fenced.extend(shards)
                     continue
             self.store.write(self.algorithm, group, shards)
+            known = self._stored.get(group)
+            if known is not None:
+                known.update(shards)
             written += len(shards)
         return written
 

@@ -128,6 +128,9 @@ def group_table(algorithm: str, group: str) -> str:
     return f"{GROUP_PREFIX}{algorithm}.{re.sub(r'[^A-Za-z0-9_-]', '_', group)}.{digest}"
 
 
+_LEGACY_NAME = re.compile(r"[a-z]+__.+__.+__[0-9a-f]{8}")
+
+
 def legacy_table(algorithm: str, shard_key: str) -> str:
     """The one-table-per-shard name of releases before groups (read once, then moved)."""
     org_id, workload = shard_key.split("/", 1)
@@ -225,6 +228,21 @@ class ShardStore:
         except Exception as exc:  # noqa: BLE001 - which one depends on what broke
             raise ShardUnreadable(f"group {group}: LanceDB table {name} exists but cannot be read ({type(exc).__name__}: {exc})") from None
 
+    def stored_shards(self, algorithm: str, group: str) -> set[str] | None:
+        """Every shard stored in ``group`` (its table and change log): one read of one
+        column, so that a shard not among them needs no query at all. None while tables
+        of the one-table-per-shard layout remain (a shard may be in one of those)."""
+        if self._legacy_tables():
+            return None
+        name = group_table(algorithm, group)
+        keys: set[str] = set()
+        for table in (name, DELTA_PREFIX + name):
+            opened = self._open(table)
+            if opened is not None:
+                column = opened.search().select([SHARD_COLUMN]).limit(None).to_arrow().column(SHARD_COLUMN)
+                keys.update(pc.unique(column).to_pylist())
+        return keys
+
     def load_one(self, algorithm: str, group: str, key: str) -> Stored | None:
         return self.load(algorithm, group, [key]).get(key)
 
@@ -292,12 +310,11 @@ class ShardStore:
     def _move_legacy(self, algorithm: str, group: str, keys: list[str]) -> dict[str, Stored]:
         """Shards still in tables of their own (older releases): read, written into the
         group in one commit, then dropped — once, the first time each is needed."""
-        if self._legacy is None:
-            self._legacy = {n for n in self._db.list_tables().tables if not n.startswith((GROUP_PREFIX, PRIORS_PREFIX, DELTA_PREFIX)) and n != OWNERS_TABLE}
+        legacy = self._legacy_tables()
         found: dict[str, Stored] = {}
         for key in keys:
             name = legacy_table(algorithm, key)
-            if name in self._legacy:
+            if name in legacy:
                 try:
                     found[key] = _legacy_stored(self._db.open_table(name).to_arrow())
                 except Exception as exc:  # noqa: BLE001
@@ -306,9 +323,15 @@ class ShardStore:
             self.replace(algorithm, group, found)
             for key in found:
                 self._db.drop_table(legacy_table(algorithm, key))
-                self._legacy.discard(legacy_table(algorithm, key))
+                legacy.discard(legacy_table(algorithm, key))
             log.info("moved %d shards from their own tables into group %s", len(found), group)
         return found
+
+    def _legacy_tables(self) -> set[str]:
+        """Tables of the one-table-per-shard layout still to be moved (listed once)."""
+        if self._legacy is None:
+            self._legacy = {n for n in self._db.list_tables().tables if _LEGACY_NAME.fullmatch(n)}
+        return self._legacy
 
     # -- writing -------------------------------------------------------------------------
 
@@ -428,6 +451,9 @@ class NoStore:
 
     def load(self, algorithm: str, group: str, keys: Iterable[str]) -> dict[str, Stored]:
         return {}
+
+    def stored_shards(self, algorithm: str, group: str) -> set[str]:
+        return set()
 
     def write(self, algorithm: str, group: str, shards: Mapping[str, tuple[Changes, Position | None]]) -> None:
         pass

@@ -201,3 +201,38 @@ def test_a_fold_interrupted_between_its_two_commits_loses_and_doubles_nothing(tm
     svc.store._fold(name)
     assert stored_rows(tmp_path, svc, keys) == before
     assert svc.store._open(DELTA_PREFIX + name).count_rows() == 0
+
+
+def test_a_new_shard_costs_no_lancedb_query_and_a_stored_one_is_still_loaded(tmp_path: Path) -> None:
+    """Issue 17: a worker lists each claimed group's shards once; a shard the store has
+    never held starts empty without a query, one it holds is read as before."""
+    from streams.store import Position
+
+    class Counting(ShardStore):
+        loads = 0
+
+        def load(self, algorithm, group, keys):  # type: ignore[no-untyped-def]
+            Counting.loads += 1
+            return super().load(algorithm, group, keys)
+
+    events = fleet_stream(pairs=4, per_pair=200, seed=8)
+    first = {e.shard_key for e in events[:100]}
+    early = [e for e in events if e.shard_key in first][:100]
+    settings = load_settings(lancedb={"uri": str(tmp_path)}, engine={"algorithm": "evidence"})
+    writer = ScoringService(settings, ShardStore(str(tmp_path), change_log=True))
+    writer.claim(["raw/0"], "a")
+    for e in early:
+        writer.partition_of[e.shard_key] = "raw/0"
+    writer.score_new(early, [Position("raw/0", i) for i in range(len(early))])
+    writer.flush()
+
+    reader = ScoringService(settings, Counting(str(tmp_path), change_log=True))
+    reader.claim(["raw/0"], "b")
+    rest = [e for e in events if e.shard_key not in first]
+    for e in events:
+        reader.partition_of[e.shard_key] = "raw/0"
+    reader.score_new(rest, [Position("raw/0", 1000 + i) for i in range(len(rest))])
+    assert Counting.loads == 0, "shards the store never held were not looked up"
+    reader.score_new(early[:1], [Position("raw/0", 5000)])
+    assert Counting.loads == 1
+    assert len(reader.engine.shards[early[0].shard_key]) == len(writer.engine.shards[early[0].shard_key])
