@@ -270,7 +270,9 @@ function setLive(kind, text) {
 /* ---------------------------------------------------------------- events table */
 
 function eventParams() {
-  return { ...scopeParams(), ...state.filters, limit: PAGE };
+  const { window: span, ...filters } = state.filters;
+  const since = span ? Math.floor(Date.now() / 1000 - Number(span)) : undefined;
+  return { ...scopeParams(), ...filters, since, limit: PAGE };
 }
 
 async function refreshEvents(initial) {
@@ -899,7 +901,16 @@ function wire() {
   $("thresholds").addEventListener("submit", saveThresholds);
   $("d-close").addEventListener("click", closeDrawer);
   $("scrim").addEventListener("click", closeDrawer);
-  document.addEventListener("keydown", (ev) => { if (ev.key === "Escape") closeDrawer(); });
+  document.addEventListener("keydown", onKey);
+}
+
+function onKey(ev) {
+  if (ev.key === "Escape") closeDrawer();
+  const typing = /^(INPUT|SELECT|TEXTAREA)$/.test(document.activeElement && document.activeElement.tagName);
+  if (ev.key === "/" && !typing) {
+    ev.preventDefault();
+    $("search-input").focus();
+  }
 }
 
 function main() {
