@@ -27,6 +27,8 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect the effective settings.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+token_app = typer.Typer(help="API tokens: each reads one org's events (or every org's: --admin).", no_args_is_help=True)
+app.add_typer(token_app, name="token")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", envvar="RULELESS_CONFIG", help="TOML config file.")]
 KafkaOpt = Annotated[Optional[str], typer.Option("--kafka", envvar="RULELESS_KAFKA__BOOTSTRAP", help="Kafka bootstrap servers.")]
@@ -313,6 +315,81 @@ def feedback(
     except RulelessError as exc:
         _fail(exc)
     typer.echo(f"{label}: {event.event_id} ({event.shard_key}: {event.cmdline[:80]})")
+
+
+@app.command()
+def api(
+    config: ConfigOpt = None,
+    host: Annotated[Optional[str], typer.Option("--host", envvar="RULELESS_API__HOST", help="Address to listen on (loopback unless told).")] = None,
+    port: Annotated[Optional[int], typer.Option("--port", envvar="RULELESS_API__PORT", help="Port to listen on.")] = None,
+    log_format: LogFormatOpt = None,
+) -> None:
+    """Serve the HTTP API and the dashboard (reads through the sink's query endpoint)."""
+    from ruleless.api import run
+
+    try:
+        run(_settings(config, log_format, api={"host": host, "port": port}))
+    except RulelessError as exc:
+        _fail(exc)
+
+
+def _token_store(config: Path | None) -> Any:
+    from ruleless.tokens import TokenStore, tokens_path
+
+    settings = load_settings(config)
+    return TokenStore(tokens_path(settings.api.tokens_file, settings.data_dir))
+
+
+@token_app.command("create")
+def token_create(
+    org: Annotated[str, typer.Option("--org", help="The org this token reads.")],
+    admin: Annotated[bool, typer.Option("--admin", help="May read every org.")] = False,
+    name: Annotated[str, typer.Option("--name", help="A note on who holds it.")] = "",
+    config: ConfigOpt = None,
+) -> None:
+    """Make a token; it is printed once (only its hash is kept)."""
+    try:
+        record, secret = _token_store(config).create(org, admin, name)
+    except RulelessError as exc:
+        _fail(exc)
+    typer.echo(secret)
+    typer.echo(f"token {record.id} for org {record.org}{' (admin: every org)' if record.admin else ''}; "
+               "shown once, only its hash is stored", err=True)
+
+
+@token_app.command("list")
+def token_list(
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per token.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Every token: id, org, admin, created, revoked (never the token)."""
+    import datetime as dt
+
+    try:
+        tokens = _token_store(config).tokens()
+    except RulelessError as exc:
+        _fail(exc)
+    for t in tokens:
+        row = {"id": t.id, "org": t.org, "admin": t.admin, "name": t.name, "created_at": t.created_at, "revoked_at": t.revoked_at}
+        if json_out:
+            typer.echo(json.dumps(row))
+            continue
+        when = dt.datetime.fromtimestamp(t.created_at, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+        state = "revoked" if t.revoked_at else "active"
+        typer.echo(f"{t.id}  {t.org:<20} {'admin' if t.admin else 'org  '}  {state:<8} {when}  {t.name}")
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="The token's id (ruleless token list).")],
+    config: ConfigOpt = None,
+) -> None:
+    """Revoke a token: refused from the API's next request on."""
+    try:
+        record = _token_store(config).revoke(token_id)
+    except RulelessError as exc:
+        _fail(exc)
+    typer.echo(f"revoked {record.id} (org {record.org})")
 
 
 @config_app.command("show")

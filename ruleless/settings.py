@@ -232,6 +232,25 @@ class TenancySettings(BaseModel):
     analyst_key: SecretStr | None = None
 
 
+class ApiSettings(BaseModel):
+    """`ruleless api`: the HTTP API and the dashboard (ruleless/api.py)."""
+
+    # Loopback unless configured; a non-loopback bind is refused while no token exists.
+    host: str = "127.0.0.1"
+    port: int = Field(8600, ge=0, le=65535)
+    # The token store (ruleless/tokens.py): "" = DATA_DIR/api-tokens.json (0600).
+    tokens_file: str = ""
+    # Where events are read: "sink" = the sink's read-only query endpoint (the process
+    # that owns an embedded chdb; sink.query_host/port and its token), "server" = the
+    # ClickHouse server of the clickhouse settings, read-only sessions.
+    query_source: Literal["sink", "server"] = "sink"
+    # The sink's query endpoint; "" = http://sink.query_host:sink.query_port.
+    query_url: str = ""
+    # Largest page of /api/events (and rows behind one /api/alerts grouping).
+    max_page: int = Field(500, ge=1, le=10_000)
+    alert_rows: int = Field(5000, ge=1, le=100_000)
+
+
 class AgentSettings(BaseModel):
     org_id: str = "local"
     workload: str = "default"
@@ -294,6 +313,7 @@ class Settings(BaseSettings):
     agent: AgentSettings = Field(default_factory=AgentSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     tenancy: TenancySettings = Field(default_factory=TenancySettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
 
     # Set by load_settings; not a field a user configures.
     _config_file: Path | None = None

@@ -1,0 +1,189 @@
+"""What the API reads from ClickHouse: the SQL it builds, and where it sends it.
+
+API users never send SQL. Every statement here is built from the request's typed
+parameters, each value quoted by :func:`quote` (or validated as a number), and every one
+carries the caller's org filter (:class:`Scope`), which no parameter can widen: a scoped
+token reads its own org, an admin token one org it names or all of them.
+
+Where statements go (``api.query_source``):
+
+- ``sink`` — the sink's read-only query endpoint (sinks/query.py): the process that owns
+  an embedded chdb serves reads for everyone else, with its own checks and limits;
+- ``server`` — a ClickHouse server (the ``clickhouse`` settings) on read-only sessions.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ruleless.settings import Settings
+from schemas.errors import QueryError
+from sinks.clickhouse import COLUMNS, table_ref
+
+# The events table has a behaviour_id column once the search part is in (issue 16).
+HAS_BEHAVIOUR_ID = any(c.name == "behaviour_id" for c in COLUMNS)
+# What makes two events "the same behaviour" in a GROUP BY.
+BEHAVIOUR_KEY = "behaviour_id" if HAS_BEHAVIOUR_ID else "concat(process_name, ' ', cmdline)"
+
+# An event as lists show it (no argv: the cmdline says it).
+LIST_COLUMNS: tuple[str, ...] = (
+    "event_id", "ts", "org_id", "workload", "host", "event_type", "pid", "ppid", "uid", "user",
+    "process_name", "exe", "cmdline", "parent_process", "ancestors", "container_id",
+    "local_ip", "local_port", "remote_ip", "remote_port", "score", "severity", "reasons", "model", "learning",
+) + (("behaviour_id",) if HAS_BEHAVIOUR_ID else ())  # fmt: skip
+SEVERITIES = ("ok", "warn", "alert")
+
+
+def quote(value: str) -> str:
+    """A ClickHouse string literal holding exactly ``value``."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def number(value: float) -> str:
+    """A finite number as SQL (refuses NaN and infinities, which are not literals)."""
+    if not math.isfinite(value):
+        raise QueryError(f"not a finite number: {value!r}")
+    return repr(float(value))
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which orgs a statement may read: one org, or every org (``org`` None: admin)."""
+
+    org: str | None
+
+    def where(self) -> str:
+        return "1" if self.org is None else f"org_id = {quote(self.org)}"
+
+
+class Reader(Protocol):
+    def rows(self, sql: str) -> list[dict[str, Any]]: ...
+
+
+class SinkReader:
+    """Statements through the sink's query endpoint (the sink owns the embedded chdb)."""
+
+    def __init__(self, settings: Settings):
+        from sinks.query import read_token
+
+        sink = settings.sink
+        self.url = settings.api.query_url or f"http://{sink.query_host}:{sink.query_port}"
+        self._configured = sink.query_token.get_secret_value() if sink.query_token else None
+        self._data_dir = settings.data_dir
+        self._read_token = read_token
+        self._timeout = settings.clickhouse.query_timeout_s + 5
+
+    def rows(self, sql: str) -> list[dict[str, Any]]:
+        from sinks.query import query_http
+
+        # (read every time: the sink writes its token when it starts, maybe after us)
+        token = self._read_token(self._configured, self._data_dir)
+        return query_http(self.url, sql, token, timeout=self._timeout)
+
+    def describe(self) -> str:
+        return f"the sink's query endpoint {self.url}"
+
+
+class ServerReader:
+    """Statements on a ClickHouse server, read-only sessions with the read limits."""
+
+    def __init__(self, settings: Settings):
+        from sinks.clickhouse import ServerBackend
+
+        self._backend = ServerBackend(settings.clickhouse)
+        self.url = settings.clickhouse.url
+
+    def rows(self, sql: str) -> list[dict[str, Any]]:
+        return self._backend.query(sql, readonly=True)
+
+    def describe(self) -> str:
+        return f"ClickHouse at {self.url}"
+
+
+def open_reader(settings: Settings) -> SinkReader | ServerReader:
+    return ServerReader(settings) if settings.api.query_source == "server" else SinkReader(settings)
+
+
+# -- events ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """The filters of GET /api/events (None = not filtered)."""
+
+    workload: str | None = None
+    host: str | None = None
+    since: float | None = None
+    until: float | None = None
+    min_score: float | None = None
+    max_score: float | None = None
+    severity: tuple[str, ...] = ()
+    program: str | None = None
+    q: str | None = None
+    behaviour_ids: tuple[str, ...] = ()
+
+    def clauses(self) -> list[str]:
+        out: list[str] = []
+        if self.workload is not None:
+            out.append(f"workload = {quote(self.workload)}")
+        if self.host is not None:
+            out.append(f"host = {quote(self.host)}")
+        if self.since is not None:
+            out.append(f"ts >= {number(self.since)}")
+        if self.until is not None:
+            out.append(f"ts < {number(self.until)}")
+        if self.min_score is not None:
+            out.append(f"score >= {number(self.min_score)}")
+        if self.max_score is not None:
+            out.append(f"score <= {number(self.max_score)}")
+        if self.severity:
+            out.append(f"severity IN ({', '.join(quote(s) for s in self.severity)})")
+        if self.program is not None:
+            out.append(f"process_name = {quote(self.program)}")
+        if self.q:
+            out.append(f"positionCaseInsensitiveUTF8(cmdline, {quote(self.q)}) > 0")
+        if self.behaviour_ids and HAS_BEHAVIOUR_ID:
+            out.append(f"behaviour_id IN ({', '.join(quote(b) for b in self.behaviour_ids)})")
+        return out
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where the next page starts: after the event (ts, event_id) in newest-first order."""
+
+    ts: float
+    event_id: str
+
+    def encode(self) -> str:
+        return base64.urlsafe_b64encode(f"{self.ts!r}|{self.event_id}".encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+            ts, event_id = raw.split("|", 1)
+            return cls(float(ts), event_id)
+        except (ValueError, UnicodeDecodeError):
+            raise QueryError("not a cursor of this API") from None
+
+    def clause(self) -> str:
+        return f"(ts < {number(self.ts)} OR (ts = {number(self.ts)} AND event_id < {quote(self.event_id)}))"
+
+
+def where(scope: Scope, clauses: Iterable[str]) -> str:
+    return " AND ".join([scope.where(), *clauses])
+
+
+def events_sql(settings: Settings, scope: Scope, filters: EventFilter, limit: int, offset: int = 0,
+               cursor: Cursor | None = None, columns: Sequence[str] = LIST_COLUMNS) -> str:
+    """Newest first, ``limit`` rows after ``cursor`` (or ``offset``)."""
+    clauses = filters.clauses() + ([cursor.clause()] if cursor else [])
+    cols = ", ".join(f"`{c}`" for c in columns)
+    return (
+        f"SELECT {cols} FROM {table_ref(settings.clickhouse)} FINAL WHERE {where(scope, clauses)} "
+        f"ORDER BY ts DESC, event_id DESC LIMIT {int(limit)}" + (f" OFFSET {int(offset)}" if offset else "")
+    )
