@@ -170,6 +170,7 @@ async function api(path, opts) {
   if (resp.status === 401) { signOut("That token was refused (expired, revoked or mistyped)."); throw new ApiError(401, "unauthorised"); }
   const text = await resp.text();
   const body = text ? safeJson(text) : null;
+  if (resp.status === 404 && body && body.detail === "Not Found") throw new ApiError(404, `this API does not serve ${path.split("?")[0]} (404)`);
   if (!resp.ok) throw new ApiError(resp.status, errorText(body, text, resp.status));
   return body;
 }
