@@ -21,6 +21,8 @@ const state = {
   nextCursor: null,
   timers: [],
   openEventId: null,
+  gen: 0,                  // bumped when filters change: older answers are dropped
+  polling: false,
 };
 
 /* ---------------------------------------------------------------- DOM helpers */
@@ -277,10 +279,14 @@ function eventParams() {
 }
 
 async function refreshEvents(initial) {
+  if (!initial && state.polling) return;  // the previous poll is still out
+  const gen = initial ? ++state.gen : state.gen;
   const body = $("events");
   if (initial) clear(body, loadingRow("Loading events…"));
+  state.polling = true;
   try {
     const resp = await api(`/api/events${query(eventParams())}`);
+    if (gen !== state.gen) return;  // filters changed meanwhile: a newer answer is coming
     const events = listOf(resp, "events", "items", "results");
     state.nextCursor = pick(resp, "next_cursor", "cursor", "next");
     mergeEvents(events, initial);
@@ -289,6 +295,8 @@ async function refreshEvents(initial) {
     if (err.status === 401) return;
     setLive("down", "offline");
     if (initial || !state.events.length) clear(body, errorRow(err));
+  } finally {
+    if (gen === state.gen) state.polling = false;
   }
 }
 
