@@ -12,19 +12,23 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from types import SimpleNamespace
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from ruleless import reads
 from ruleless.reads import Cursor, EventFilter, Reader, Scope, events_sql, open_reader
-from ruleless.settings import Settings
+from ruleless.settings import Settings, Thresholds
 from ruleless.tokens import Caller, TokenStore, tokens_path
-from schemas.errors import ConfigError, QueryError
+from schemas.errors import ConfigError, QueryError, ServiceError
+from schemas.events import NAME_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +37,42 @@ DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
 
 @dataclass
 class Context:
-    """What every request handler reads: settings, tokens and the event store."""
+    """What every request handler reads: settings, tokens, the event store, and (opened
+    on first use) the behaviour index, the threshold overrides and a Kafka producer."""
 
     settings: Settings
     tokens: TokenStore
     reader: Reader
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _opened: dict[str, Any] = field(default_factory=dict)
+
+    def _once(self, name: str, make: Any) -> Any:
+        with self._lock:
+            if name not in self._opened:
+                self._opened[name] = make()
+            return self._opened[name]
+
+    def index(self) -> Any:
+        """The behaviour index (streams.behaviours), or None where it is not built in."""
+
+        def make() -> Any:
+            try:
+                from streams.behaviours import BehaviourIndex
+            except ImportError:
+                return None
+            return BehaviourIndex(self.settings.lancedb.uri)
+
+        return self._once("index", make)
+
+    def overrides(self) -> Any:
+        from streams.thresholds import ThresholdOverrides
+
+        return self._once("overrides", lambda: ThresholdOverrides(self.settings.lancedb.uri))
+
+    def producer(self) -> Any:
+        from ruleless.kafka import producer
+
+        return self._once("producer", lambda: producer(self.settings.kafka))
 
 
 _bearer = HTTPBearer(auto_error=False, description="An API token: `ruleless token create --org ORG`.")
@@ -128,6 +163,10 @@ def create_app(settings: Settings, reader: Reader | None = None, tokens: TokenSt
     async def _bad_value(request: Request, exc: ConfigError) -> JSONResponse:
         return JSONResponse({"detail": exc.message}, status_code=400)
 
+    @app.exception_handler(ServiceError)
+    async def _unavailable(request: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"detail": exc.message}, status_code=503)
+
     _routes(app, settings)
     if dashboard is not None and dashboard.is_dir():
         from fastapi.staticfiles import StaticFiles
@@ -143,6 +182,10 @@ def _routes(app: FastAPI, settings: Settings) -> None:
     def me(who: CallerDep) -> Me:
         """The caller's org and whether its token is an admin's."""
         return Me(org=who.org, admin=who.admin, token_id=who.token_id)
+
+    _event_routes(app, settings)
+    _workload_routes(app, settings)
+    _search_routes(app, settings)
 
     @app.get("/api/events", response_model=EventPage, tags=["events"])
     def events(
@@ -227,3 +270,316 @@ def run(settings: Settings) -> None:
     started = time.monotonic()
     uvicorn.run(app, host=settings.api.host, port=settings.api.port, log_level="warning", access_log=False)
     log.info("API stopped after %.0fs", time.monotonic() - started)
+
+
+# -- one event, alerts, feedback --------------------------------------------------------
+
+
+class FeedbackIn(BaseModel):
+    event_id: str = Field(pattern=r"^[A-Za-z0-9:._-]{1,128}$")
+    label: Literal["expected", "malicious"]
+    note: str = Field("", max_length=2000)
+
+
+class FeedbackOut(BaseModel):
+    event_id: str
+    label: str
+    org_id: str
+    workload: str
+    status: str
+
+
+def find_event(ctx: Context, scope: Scope, event_id: str) -> dict[str, Any]:
+    """One stored event within the caller's scope; 404 otherwise (whether it exists in
+    another org or not at all: the answer is the same)."""
+    rows = read(ctx, reads.event_sql(ctx.settings, scope, event_id))
+    if not rows:
+        raise HTTPException(404, "no such event")
+    return rows[0]
+
+
+def _event_routes(app: FastAPI, settings: Settings) -> None:
+    @app.get("/api/events/{event_id}", tags=["events"])
+    def event_detail(event_id: str, who: CallerDep, ctx: ContextDep, org: str | None = None) -> dict[str, Any]:
+        """One event: its reasons, lineage (parent, ancestors, children), the workload's
+        nearest known behaviours and the program's usual arguments."""
+        event = find_event(ctx, scope_for(who, org), event_id)
+        org_id, workload, host = str(event["org_id"]), str(event["workload"]), str(event["host"])
+        ts = float(event["ts"])
+        parent = read(ctx, reads.parent_sql(settings, org_id, host, int(event["ppid"]), ts)) if event["ppid"] else []
+        children = read(ctx, reads.children_sql(settings, org_id, host, int(event["pid"]), ts)) if event["pid"] else []
+        usual = [{"cmdline": u.pop("example"), **u} for u in
+                 read(ctx, reads.usual_arguments_sql(settings, org_id, workload, str(event["process_name"])))]
+        for u in usual:
+            u.pop("behaviour", None)
+        return {
+            "event": event,
+            "reasons": event.get("reasons") or [],
+            "lineage": {
+                "parent_process": event.get("parent_process"),
+                "ancestors": event.get("ancestors") or [],
+                "parent": parent[0] if parent else None,
+                "children": children,
+            },
+            "nearest_known": nearest_known(ctx, event),
+            "usual_arguments": [u for u in usual if u["cmdline"] != event["cmdline"]] or usual,
+        }
+
+    @app.get("/api/alerts", tags=["alerts"])
+    def alerts(
+        who: CallerDep,
+        ctx: ContextDep,
+        org: str | None = None,
+        workload: str | None = None,
+        host: str | None = None,
+        since: Annotated[str | None, Query(description="Epoch seconds or ISO 8601.")] = None,
+        until: Annotated[str | None, Query(description="Epoch seconds or ISO 8601.")] = None,
+        severity: Annotated[list[str] | None, Query(description="warn or alert (default both).")] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> dict[str, Any]:
+        """Warn and alert events grouped by behaviour as `ruleless alerts` groups them
+        (org, workload, program, normalised command line): count, hosts, first and last
+        time, highest score and a sample event, latest group first."""
+        scope = scope_for(who, org)
+        filters = EventFilter(workload=workload, host=host, since=_time(since), until=_time(until),
+                              severity=_severities(severity))
+        rows = read(ctx, reads.alerts_sql(settings, scope, filters, settings.api.alert_rows))
+        groups = group_alerts(rows)
+        return {"groups": groups[:limit], "total_groups": len(groups), "alerts_read": len(rows),
+                "truncated": len(rows) >= settings.api.alert_rows}
+
+    @app.post("/api/feedback", response_model=FeedbackOut, status_code=202, tags=["feedback"])
+    def feedback(body: FeedbackIn, who: CallerDep, ctx: ContextDep) -> FeedbackOut:
+        """An analyst's verdict on an event: ``expected`` (the workload does this: learn
+        it, score it low next time) or ``malicious``. Published to the feedback topic like
+        `ruleless feedback`; the worker that owns the shard applies it in order."""
+        from ruleless.feedback import event_from_row, publish_verdict
+
+        row = find_event(ctx, scope_for(who, None), body.event_id)
+        event = event_from_row(row)
+        tenancy = settings.tenancy
+        key = tenancy.analyst_keys.get(event.org_id) or tenancy.analyst_key
+        label = "benign" if body.label == "expected" else "malicious"
+        publish_verdict(settings, event, label, body.note, f"api:{who.token_id}", key, ctx.producer())
+        log.info("feedback %s on %s (%s) by token %s", label, event.event_id, event.shard_key, who.token_id)
+        return FeedbackOut(event_id=body.event_id, label=body.label, org_id=event.org_id, workload=event.workload,
+                           status="published to the feedback topic")
+
+
+def group_alerts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of warn/alert events (newest first) grouped by sinks.throttle.behaviour_of."""
+    from sinks.throttle import HOSTS_SHOWN, behaviour_of
+
+    rank = {"ok": 0, "warn": 1, "alert": 2}
+    groups: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    for row in rows:
+        probe = SimpleNamespace(org_id=row["org_id"], workload=row["workload"], process_name=row["process_name"],
+                                cmdline=row["cmdline"], argv=row.get("argv") or None)
+        key = behaviour_of(probe)  # type: ignore[arg-type]
+        group = groups.get(key)
+        ts, score = float(row["ts"]), float(row["score"])
+        if group is None:
+            group = groups[key] = {
+                "org_id": key[0], "workload": key[1], "process_name": key[2], "behaviour": key[3],
+                "count": 0, "hosts": [], "host_count": 0, "first_ts": ts, "last_ts": ts, "max_score": score,
+                "severity": row["severity"], "sample": {k: v for k, v in row.items() if k != "argv"},
+                "_hosts": set(),
+            }
+        group["count"] += 1
+        group["first_ts"] = min(group["first_ts"], ts)
+        group["last_ts"] = max(group["last_ts"], ts)
+        if score > group["max_score"]:
+            group["max_score"] = score
+            group["sample"] = {k: v for k, v in row.items() if k != "argv"}
+        if rank[row["severity"]] > rank[group["severity"]]:
+            group["severity"] = row["severity"]
+        if row["host"] not in group["_hosts"]:
+            group["_hosts"].add(row["host"])
+            if len(group["hosts"]) < HOSTS_SHOWN:
+                group["hosts"].append(row["host"])
+    out = sorted(groups.values(), key=lambda g: -g["last_ts"])
+    for group in out:
+        group["host_count"] = len(group.pop("_hosts"))
+    return out
+
+
+# -- workloads and thresholds --------------------------------------------------------------
+
+
+class ThresholdsIn(BaseModel):
+    warn: float = Field(ge=0.0, le=1.0)
+    alert: float = Field(ge=0.0, le=1.0)
+
+
+def workload_of(who: Caller, org: str, workload: str) -> tuple[str, str]:
+    """A workload path the caller may read: its own org's (an admin's: any); another
+    org's is a 404, as if it did not exist."""
+    if not who.admin and org != who.org:
+        raise HTTPException(404, "no such workload")
+    if not NAME_PATTERN.fullmatch(org) or not NAME_PATTERN.fullmatch(workload):
+        raise HTTPException(404, "no such workload")
+    return org, workload
+
+
+def thresholds_view(ctx: Context, org: str, workload: str) -> dict[str, Any]:
+    """A workload's thresholds: the API override, the configured ones, the defaults, and
+    which one scores its events."""
+    engine = ctx.settings.engine
+    key = f"{org}/{workload}"
+    override = ctx.overrides().rows().get(key)
+    configured = engine.thresholds.get(key)
+    if override is not None:
+        effective, source = {"warn": override["warn"], "alert": override["alert"]}, "override"
+    elif configured is not None:
+        effective, source = configured.model_dump(), "config"
+    else:
+        effective = {"warn": engine.warn, "alert": engine.alert}
+        source = "learned" if engine.algorithm == "evidence" else "default"
+    return {
+        "org_id": org, "workload": workload, "effective": effective, "source": source,
+        "override": override, "configured": configured.model_dump() if configured else None,
+        "defaults": {"warn": engine.warn, "alert": engine.alert},
+        "note": ("the evidence algorithm learns each workload's thresholds from its own scores, "
+                 "with the defaults as floors" if source == "learned" else ""),
+    }
+
+
+def _workload_routes(app: FastAPI, settings: Settings) -> None:
+    @app.get("/api/workloads", tags=["workloads"])
+    def workloads(who: CallerDep, ctx: ContextDep, org: str | None = None) -> dict[str, Any]:
+        """Every workload of the caller's org with its volume, hosts, alerts and
+        learning state."""
+        rows = read(ctx, reads.workloads_sql(settings, scope_for(who, org)))
+        for row in rows:
+            row["learning_state"] = "learning" if row.pop("learning") else "learned"
+        return {"workloads": rows}
+
+    @app.get("/api/workloads/{org}/{workload}/stats", tags=["workloads"])
+    def workload_stats(
+        org: str, workload: str, who: CallerDep, ctx: ContextDep,
+        since: Annotated[str | None, Query(description="Epoch seconds or ISO 8601 (default: everything).")] = None,
+    ) -> dict[str, Any]:
+        """Volume, learned behaviours, learning state, score distribution, events over
+        time, baseline growth and thresholds of one workload."""
+        org, workload = workload_of(who, org, workload)
+        start = _time(since)
+        [volume] = read(ctx, reads.volume_sql(settings, org, workload, start)) or [{}]
+        if not volume.get("events"):
+            raise HTTPException(404, "no such workload")
+        bucket = reads.bucket_for(float(volume["last_ts"]) - float(volume["first_ts"]))
+        bins = {int(r["bin"]): int(r["n"]) for r in read(ctx, reads.histogram_sql(settings, org, workload, start))}
+        timeline = read(ctx, reads.timeline_sql(settings, org, workload, start, bucket))
+        total = 0
+        growth = []
+        for row in read(ctx, reads.growth_sql(settings, org, workload, bucket)):
+            total += int(row["new"])
+            growth.append({"t": row["t"], "new": int(row["new"]), "behaviours": total})
+        learning = bool(volume.pop("learning"))
+        return {
+            "org_id": org, "workload": workload, "volume": volume,
+            "learned_behaviours": total,
+            "learning": {"state": "learning" if learning else "learned",
+                         "learning_events": settings.engine.learning_events, "events": volume["events"]},
+            "score_histogram": [{"from": i / reads.HISTOGRAM_BINS, "to": (i + 1) / reads.HISTOGRAM_BINS,
+                                 "count": bins.get(i, 0)} for i in range(reads.HISTOGRAM_BINS)],
+            "bucket_s": bucket, "timeline": timeline, "baseline_growth": growth,
+            "thresholds": thresholds_view(ctx, org, workload),
+        }
+
+    @app.get("/api/workloads/{org}/{workload}/thresholds", tags=["workloads"])
+    def get_thresholds(org: str, workload: str, who: CallerDep, ctx: ContextDep) -> dict[str, Any]:
+        """The workload's warn and alert thresholds and where they come from."""
+        org, workload = workload_of(who, org, workload)
+        return thresholds_view(ctx, org, workload)
+
+    @app.put("/api/workloads/{org}/{workload}/thresholds", tags=["workloads"])
+    def put_thresholds(org: str, workload: str, body: ThresholdsIn, who: CallerDep, ctx: ContextDep) -> dict[str, Any]:
+        """Override the workload's thresholds: stored durably (LanceDB, ``_thresholds``),
+        read by every worker each flush interval, so the workload's next events are
+        scored with them."""
+        org, workload = workload_of(who, org, workload)
+        if body.warn > body.alert:
+            raise HTTPException(422, "warn must not be above alert")
+        ctx.overrides().set(f"{org}/{workload}", Thresholds(warn=body.warn, alert=body.alert), by=f"api:{who.token_id}")
+        log.info("thresholds of %s/%s set to warn %g alert %g by token %s", org, workload, body.warn, body.alert, who.token_id)
+        return thresholds_view(ctx, org, workload)
+
+    @app.delete("/api/workloads/{org}/{workload}/thresholds", tags=["workloads"])
+    def delete_thresholds(org: str, workload: str, who: CallerDep, ctx: ContextDep) -> dict[str, Any]:
+        """Drop the override: the configured (or learned) thresholds apply again."""
+        org, workload = workload_of(who, org, workload)
+        ctx.overrides().delete(f"{org}/{workload}")
+        return thresholds_view(ctx, org, workload)
+
+
+# -- search ------------------------------------------------------------------------------------
+
+
+class SearchIn(BaseModel):
+    query: str = Field("", max_length=1000)
+    limit: int = Field(20, ge=1, le=100)
+    workload: str | None = None
+    like_event_id: str | None = Field(None, pattern=r"^[A-Za-z0-9:._-]{1,128}$")
+    org: str | None = None
+
+
+def _hit(hit: Any) -> dict[str, Any]:
+    return {
+        "org_id": hit.org_id, "workload": hit.workload, "behaviour_id": hit.behaviour_id,
+        "exemplar": hit.exemplar, "process_name": hit.process_name, "count": int(hit.count),
+        "first_ts": float(hit.first_ts), "last_ts": float(hit.last_ts), "max_score": float(hit.max_score),
+        "similarity": float(hit.similarity),
+    }
+
+
+def nearest_known(ctx: Context, event: dict[str, Any], limit: int = 5) -> list[dict[str, Any]]:
+    """The workload's learned behaviours nearest to this event's (empty without an index)."""
+    index = ctx.index()
+    if index is None:
+        return []
+    probe = event.get("behaviour_id") or event["cmdline"]
+    hits = index.nearest_known(event["org_id"], event["workload"], probe, limit + 1)
+    return [_hit(h) for h in hits if h.org_id == event["org_id"] and h.behaviour_id != event.get("behaviour_id")][:limit]
+
+
+def _search_routes(app: FastAPI, settings: Settings) -> None:
+    @app.post("/telemetry/security/search", tags=["search"])
+    def search(body: SearchIn, who: CallerDep, ctx: ContextDep) -> dict[str, Any]:
+        """Behaviours that match what the query means (embedding similarity and full
+        text over command lines), or that are like an event (``like_event_id``), best
+        first, each with its latest event: score, host, time."""
+        scope = scope_for(who, body.org)
+        index = ctx.index()
+        if index is None:
+            raise HTTPException(503, "search needs the behaviour index (streams.behaviours), not in this build")
+        orgs = None if scope.org is None else {scope.org}
+        if body.like_event_id:
+            event = find_event(ctx, scope, body.like_event_id)
+            behaviour = event.get("behaviour_id") or _behaviour_id(event)
+            hits = index.similar(event["org_id"], behaviour, body.limit + 1)
+            hits = [h for h in hits if h.behaviour_id != behaviour]
+        elif body.query.strip():
+            hits = index.search(body.query, orgs, body.workload, body.limit)
+        else:
+            raise HTTPException(422, "give a query or a like_event_id")
+        hits = [h for h in hits if orgs is None or h.org_id in orgs][: body.limit]  # (the index filtered already)
+        events: dict[str, dict[str, Any]] = {}
+        if hits and reads.HAS_BEHAVIOUR_ID:
+            sql = reads.behaviour_events_sql(settings, scope, [h.behaviour_id for h in hits], body.workload)
+            events = {str(r["behaviour_id"]): r for r in read(ctx, sql)}
+        out = []
+        for rank, hit in enumerate(hits, 1):
+            event = events.get(hit.behaviour_id)
+            out.append({**_hit(hit), "rank": rank, "event": event,
+                        "score": event["score"] if event else float(hit.max_score),
+                        "host": event["host"] if event else None,
+                        "ts": event["ts"] if event else float(hit.last_ts),
+                        "cmdline": event["cmdline"] if event else hit.exemplar})
+        return {"query": body.query, "like_event_id": body.like_event_id, "hits": out}
+
+
+def _behaviour_id(event: dict[str, Any]) -> str:
+    from ruleless.feedback import event_from_row
+    from streams.behaviours import behaviour_id
+
+    return behaviour_id(event_from_row(event))

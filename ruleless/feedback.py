@@ -9,8 +9,10 @@ from __future__ import annotations
 import getpass
 import re
 import time
+from typing import Any
 
 import msgspec
+from pydantic import SecretStr
 
 from ruleless.kafka import ensure_topics, producer
 from ruleless.settings import Settings
@@ -31,8 +33,13 @@ def find_event(settings: Settings, url: str, event_id: str, token: str | None = 
     rows = query_http(url, f"SELECT * FROM {table} FINAL WHERE event_id = '{event_id}' LIMIT 1", token)
     if not rows:
         raise QueryError(f"no scored event with event_id {event_id}")
+    return event_from_row(rows[0])
+
+
+def event_from_row(row: dict[str, object]) -> RawEvent:
+    """The raw event of a stored row (the events table's columns)."""
     fields = set(RawEvent.__struct_fields__)
-    raw = {k: v for k, v in rows[0].items() if k in fields and v is not None}
+    raw = {k: v for k, v in row.items() if k in fields and v is not None}
     return msgspec.convert(raw, RawEvent, strict=False)
 
 
@@ -40,14 +47,21 @@ def send_feedback(settings: Settings, url: str, event_id: str, label: str, note:
     if label not in ("benign", "malicious"):
         raise ConfigError(f"label must be benign or malicious, not {label!r}")
     event = find_event(settings, url, event_id, token)
-    verdict = Feedback(event=event, label=label, ts=time.time(), analyst=getpass.getuser(), note=note)  # type: ignore[arg-type]
+    publish_verdict(settings, event, label, note, getpass.getuser(), settings.tenancy.analyst_key)
+    return event
+
+
+def publish_verdict(settings: Settings, event: RawEvent, label: str, note: str, analyst: str,
+                    key: SecretStr | None, prod: Any = None) -> None:
+    """Publish a verdict on ``event`` to the feedback topic, keyed by its shard (signed
+    with ``key`` when given); returns once the broker acknowledged it. The API passes
+    its own long-lived ``prod``."""
+    verdict = Feedback(event=event, label=label, ts=time.time(), analyst=analyst, note=note)  # type: ignore[arg-type]
     ensure_topics(settings.kafka, settings.topics, [settings.topics.feedback])
-    prod = producer(settings.kafka)
+    prod = prod or producer(settings.kafka)
     value = encode(verdict)
-    prod.produce(settings.topics.feedback, key=event.shard_key.encode(), value=value,
-                 headers=sign_headers(settings.tenancy.analyst_key, value))
+    prod.produce(settings.topics.feedback, key=event.shard_key.encode(), value=value, headers=sign_headers(key, value))
     if prod.flush(30):
         from schemas.errors import ServiceError
 
         raise ServiceError(f"feedback not delivered to {settings.topics.feedback}")
-    return event

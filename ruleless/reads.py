@@ -187,3 +187,120 @@ def events_sql(settings: Settings, scope: Scope, filters: EventFilter, limit: in
         f"SELECT {cols} FROM {table_ref(settings.clickhouse)} FINAL WHERE {where(scope, clauses)} "
         f"ORDER BY ts DESC, event_id DESC LIMIT {int(limit)}" + (f" OFFSET {int(offset)}" if offset else "")
     )
+
+
+DETAIL_COLUMNS: tuple[str, ...] = LIST_COLUMNS + ("argv", "exec_id", "source", "flags", "scored_at")
+
+
+def event_sql(settings: Settings, scope: Scope, event_id: str) -> str:
+    """One event by id (within the scope)."""
+    cols = ", ".join(f"`{c}`" for c in DETAIL_COLUMNS)
+    return (f"SELECT {cols} FROM {table_ref(settings.clickhouse)} FINAL "
+            f"WHERE {where(scope, [f'event_id = {quote(event_id)}'])} LIMIT 1")
+
+
+def parent_sql(settings: Settings, org: str, host: str, ppid: int, ts: float) -> str:
+    """The latest exec of the parent process (same org and host, pid = ppid, not after ts)."""
+    cols = ", ".join(f"`{c}`" for c in LIST_COLUMNS)
+    clauses = [f"host = {quote(host)}", f"pid = {int(ppid)}", f"ts <= {number(ts)}"]
+    return (f"SELECT {cols} FROM {table_ref(settings.clickhouse)} FINAL WHERE {where(Scope(org), clauses)} "
+            "ORDER BY ts DESC LIMIT 1")
+
+
+def children_sql(settings: Settings, org: str, host: str, pid: int, ts: float, limit: int = 20) -> str:
+    """Processes this one started (same org and host, ppid = pid, within an hour after ts)."""
+    cols = ", ".join(f"`{c}`" for c in LIST_COLUMNS)
+    clauses = [f"host = {quote(host)}", f"ppid = {int(pid)}", f"ts >= {number(ts)}", f"ts < {number(ts + 3600)}"]
+    return (f"SELECT {cols} FROM {table_ref(settings.clickhouse)} FINAL WHERE {where(Scope(org), clauses)} "
+            f"ORDER BY ts LIMIT {int(limit)}")
+
+
+def usual_arguments_sql(settings: Settings, org: str, workload: str, program: str, limit: int = 10) -> str:
+    """The command lines the workload usually runs this program with, most frequent first."""
+    clauses = [f"workload = {quote(workload)}", f"process_name = {quote(program)}"]
+    return (
+        # (aliases unlike the columns: ClickHouse would read "cmdline" in the key as the alias)
+        f"SELECT {BEHAVIOUR_KEY} AS behaviour, any(cmdline) AS example, count() AS count, min(ts) AS first_ts, "
+        f"max(ts) AS last_ts, max(score) AS max_score FROM {table_ref(settings.clickhouse)} FINAL "
+        f"WHERE {where(Scope(org), clauses)} GROUP BY behaviour ORDER BY count DESC, last_ts DESC LIMIT {int(limit)}"
+    )
+
+
+def alerts_sql(settings: Settings, scope: Scope, filters: EventFilter, limit: int) -> str:
+    """The newest warn/alert events (grouped by behaviour by the caller)."""
+    cols = LIST_COLUMNS + ("argv",)
+    narrowed = EventFilter(**{**filters.__dict__, "severity": filters.severity or ("warn", "alert")})
+    return events_sql(settings, scope, narrowed, limit, columns=cols)
+
+
+def workloads_sql(settings: Settings, scope: Scope) -> str:
+    return (
+        f"SELECT org_id, workload, count() AS events, uniqExact(host) AS hosts, min(ts) AS first_ts, "
+        f"max(ts) AS last_ts, countIf(severity = 'warn') AS warn, countIf(severity = 'alert') AS alert, "
+        f"argMax(learning, ts) AS learning, uniqExact({BEHAVIOUR_KEY}) AS behaviours "
+        f"FROM {table_ref(settings.clickhouse)} FINAL WHERE {scope.where()} "
+        "GROUP BY org_id, workload ORDER BY org_id, workload LIMIT 10000"
+    )
+
+
+def workload_scope(workload: str) -> list[str]:
+    return [f"workload = {quote(workload)}"]
+
+
+def volume_sql(settings: Settings, org: str, workload: str, since: float | None) -> str:
+    clauses = workload_scope(workload) + ([f"ts >= {number(since)}"] if since is not None else [])
+    return (
+        f"SELECT count() AS events, uniqExact(host) AS hosts, min(ts) AS first_ts, max(ts) AS last_ts, "
+        f"countIf(severity = 'ok') AS ok, countIf(severity = 'warn') AS warn, countIf(severity = 'alert') AS alert, "
+        f"argMax(learning, ts) AS learning, uniqExact({BEHAVIOUR_KEY}) AS behaviours, "
+        f"uniqExact(process_name) AS programs, avg(score) AS mean_score, quantile(0.99)(score) AS p99_score "
+        f"FROM {table_ref(settings.clickhouse)} FINAL WHERE {where(Scope(org), clauses)}"
+    )
+
+
+HISTOGRAM_BINS = 20
+
+
+def histogram_sql(settings: Settings, org: str, workload: str, since: float | None) -> str:
+    clauses = workload_scope(workload) + ([f"ts >= {number(since)}"] if since is not None else [])
+    return (
+        f"SELECT least(toUInt32(floor(score * {HISTOGRAM_BINS})), {HISTOGRAM_BINS - 1}) AS bin, count() AS n "
+        f"FROM {table_ref(settings.clickhouse)} FINAL WHERE {where(Scope(org), clauses)} GROUP BY bin ORDER BY bin"
+    )
+
+
+def timeline_sql(settings: Settings, org: str, workload: str, since: float | None, bucket: int) -> str:
+    clauses = workload_scope(workload) + ([f"ts >= {number(since)}"] if since is not None else [])
+    return (
+        f"SELECT intDiv(toUInt64(ts), {int(bucket)}) * {int(bucket)} AS t, count() AS events, "
+        f"countIf(severity = 'warn') AS warn, countIf(severity = 'alert') AS alert, max(score) AS max_score "
+        f"FROM {table_ref(settings.clickhouse)} FINAL WHERE {where(Scope(org), clauses)} GROUP BY t ORDER BY t"
+    )
+
+
+def growth_sql(settings: Settings, org: str, workload: str, bucket: int) -> str:
+    """New behaviours per time bucket (a behaviour counts at its first event): summed,
+    the baseline's growth."""
+    return (
+        f"SELECT intDiv(toUInt64(first), {int(bucket)}) * {int(bucket)} AS t, count() AS new "
+        f"FROM (SELECT {BEHAVIOUR_KEY} AS b, min(ts) AS first FROM {table_ref(settings.clickhouse)} FINAL "
+        f"WHERE {where(Scope(org), workload_scope(workload))} GROUP BY b) GROUP BY t ORDER BY t"
+    )
+
+
+BUCKETS_S = (60, 300, 900, 3600, 3 * 3600, 6 * 3600, 86_400, 7 * 86_400)
+
+
+def bucket_for(span_s: float, most: int = 96) -> int:
+    """The smallest bucket (seconds) that cuts ``span_s`` into at most ``most`` pieces."""
+    return next((b for b in BUCKETS_S if span_s / b <= most), BUCKETS_S[-1])
+
+
+def behaviour_events_sql(settings: Settings, scope: Scope, behaviour_ids: Sequence[str], workload: str | None = None) -> str:
+    """The latest event of each behaviour (search hits -> events)."""
+    cols = ", ".join(f"`{c}`" for c in LIST_COLUMNS)
+    clauses = [f"behaviour_id IN ({', '.join(quote(b) for b in behaviour_ids)})"]
+    if workload is not None:
+        clauses.append(f"workload = {quote(workload)}")
+    return (f"SELECT {cols} FROM {table_ref(settings.clickhouse)} FINAL WHERE {where(scope, clauses)} "
+            "ORDER BY ts DESC LIMIT 1 BY behaviour_id")

@@ -14,7 +14,7 @@ import numpy as np
 from msgspec.structs import astuple
 from threadpoolctl import threadpool_limits
 
-from ruleless.settings import EngineSettings
+from ruleless.settings import EngineSettings, Thresholds
 from schemas.events import RawEvent, ScoredEvent
 from streams.algorithm import DAY_S, Algorithm, Changes, ShardModel, make_algorithm
 from streams.priors import OrgPriors
@@ -66,6 +66,9 @@ class Engine:
         self.stored_known: dict[str, np.ndarray] = {}  # shard -> hashes of the keys it knows
         self._prior_day = float("-inf")
         self.uses_priors = settings.org_priors and hasattr(self.algorithm.new_shard(), "known_hashes")
+        # Threshold overrides set through the API (streams.thresholds), replaced whole by
+        # the worker each flush interval; they win over settings.thresholds.
+        self.overrides: dict[str, Thresholds] = {}
 
     @property
     def model(self) -> str:
@@ -133,7 +136,7 @@ class Engine:
             shard = self.shards.get(key)
             if shard is None:
                 shard = self.shards[key] = self.algorithm.new_shard()
-            override = self.settings.thresholds.get(key)
+            override = self.overrides.get(key) or self.settings.thresholds.get(key)
             prior = priors.view(key) if priors is not None else None
             verdicts = shard.score_and_learn([events[i] for i in positions], prior)
             for i, (score, reasons, history, learned) in zip(positions, verdicts):

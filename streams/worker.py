@@ -57,6 +57,7 @@ from schemas.events import DeadLetter, RawEvent, ScoredEvent, dead_letter, decod
 from streams import faust_transport
 from streams.scoring import PendingWrite, ScoringService
 from streams.store import Position, position_source
+from streams.thresholds import ThresholdOverrides
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ class ScoringAgent:
         # Raw partitions assigned and claimed (readiness); emptied on revocation.
         self.assigned: list[int] = []
         self._store_reachable = cached(self._ping_store, STORE_PING_S)
+        self._overrides = ThresholdOverrides(settings.lancedb.uri)
 
     # -- health (ruleless/health.py) ----------------------------------------------------
 
@@ -333,6 +335,22 @@ class ScoringAgent:
         for ev in events:
             await stream.ack(ev)
 
+    async def refresh_thresholds(self) -> None:
+        """Read the threshold overrides set through the API (streams.thresholds), off the
+        event loop and off the shard writer's thread; the engine scores with them from
+        its next batch on. A failed read keeps the overrides it had (and says so): it
+        never stops scoring."""
+        try:
+            overrides = await asyncio.get_running_loop().run_in_executor(None, self._overrides.all)
+        except Exception as exc:  # (LanceDB raises many kinds; none may stop the worker)
+            log.warning("threshold overrides not read (%s); scoring with the ones read before", exc)
+            return
+        engine = self.service.engine
+        if overrides != engine.overrides:
+            log.info("threshold overrides: %s", ", ".join(f"{k} warn {t.warn:g} alert {t.alert:g}"
+                                                           for k, t in sorted(overrides.items())) or "none")
+            engine.overrides = overrides  # (one reference swap: the engine thread sees old or new)
+
     # -- flushing ----------------------------------------------------------------------
 
     async def flush(self) -> None:
@@ -491,6 +509,7 @@ def create_app(settings: Settings) -> faust.App:
         except Exception as exc:
             log.exception("writing shards to LanceDB failed; stopping this worker without acking")
             await app.crash(exc)
+        await agent_state.refresh_thresholds()
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: faust.App, revoked: set[Any], **kwargs: Any) -> None:
