@@ -229,31 +229,32 @@ def test_dashboard_shows_events_finds_the_reverse_shell_and_takes_feedback(
     assert page.input_value("#th-alert") != ""
     page.screenshot(path=str(artifacts / "03-workload.png"), full_page=True)
 
-    # 3. Search finds intent: the reverse shell shares no word with "reverse shell".
-    ids = search_hits(page, "reverse shell", shell.event_id)
-    page.screenshot(path=str(artifacts / "04-search-reverse-shell.png"))
-    assert shell.event_id in ids[:3], f"planted reverse shell {shell.event_id} not in the top 3 of {ids}"
-
-    # 4. The drawer of the flagged certbot run, marked expected with one click.
-    page.click("#search-close")
+    # 3. The drawer of the flagged certbot run, marked expected with one click.
     page.click(f'#alerts [data-event-id="{first.event_id}"]')
     page.wait_for_selector("#drawer.open .verdict", timeout=WAIT_MS)
     page.wait_for_selector("#d-body .reasons, #d-body .d-section p", timeout=WAIT_MS)
-    page.screenshot(path=str(artifacts / "05-drawer.png"))
+    page.screenshot(path=str(artifacts / "04-drawer.png"))
     page.click('#drawer button[data-label="expected"]')
     page.wait_for_function("document.getElementById('feedback-status').textContent.startsWith('Marked expected')",
                            timeout=WAIT_MS)
-    page.screenshot(path=str(artifacts / "06-marked-expected.png"))
+    page.screenshot(path=str(artifacts / "05-marked-expected.png"))
     page.click("#d-close")
 
-    # 5. The next identical run scores lower, in the table the analyst is looking at.
+    # 4. The next identical run scores lower, in the table the analyst is looking at.
     time.sleep(3)  # verdicts and raw events are separate topics (see tests/test_feedback.py)
     publish(settings, [again])
     page.fill('#filters input[name="program"]', "certbot")
     before = row_score(page, first.event_id)
     after = row_score(page, again.event_id)
-    page.screenshot(path=str(artifacts / "07-next-run-scores-lower.png"))
+    page.screenshot(path=str(artifacts / "06-next-run-scores-lower.png"))
     assert before == pytest.approx(float(flagged["score"]), abs=0.006)
     assert after < before / 2, f"after 'expected' the next run scored {after} (was {before})"
     assert "feedback benign" in (system["logs"] / "worker.log").read_text()
+    page.fill('#filters input[name="program"]', "")
+
+    # 5. Search finds intent: the reverse shell shares no word with "reverse shell".
+    ids = search_hits(page, "reverse shell", shell.event_id)
+    page.screenshot(path=str(artifacts / "07-search-reverse-shell.png"))
+    assert shell.event_id in ids[:3], f"planted reverse shell {shell.event_id} not in the top 3 of {ids}"
+
     assert not errors, f"errors in the page: {errors}"
