@@ -53,16 +53,15 @@ class Context:
             return self._opened[name]
 
     def index(self) -> Any:
-        """The behaviour index (streams.behaviours), or None where it is not built in."""
+        """The behaviour index (streams.behaviours), or None where it is not built in.
 
-        def make() -> Any:
-            try:
-                from streams.behaviours import BehaviourIndex
-            except ImportError:
-                return None
-            return BehaviourIndex(self.settings.lancedb.uri)
-
-        return self._once("index", make)
+        A new one per request (~1 ms): the sink's indexer adds behaviours from another
+        process, and an open LanceDB table keeps reading the version it opened."""
+        try:
+            from streams.behaviours import BehaviourIndex
+        except ImportError:
+            return None
+        return BehaviourIndex(self.settings.lancedb.uri)
 
     def overrides(self) -> Any:
         from streams.thresholds import ThresholdOverrides
@@ -569,12 +568,12 @@ def _search_routes(app: FastAPI, settings: Settings) -> None:
             events = {str(r["behaviour_id"]): r for r in read(ctx, sql)}
         out = []
         for rank, hit in enumerate(hits, 1):
-            event = events.get(hit.behaviour_id)
-            out.append({**_hit(hit), "rank": rank, "event": event,
-                        "score": event["score"] if event else float(hit.max_score),
-                        "host": event["host"] if event else None,
-                        "ts": event["ts"] if event else float(hit.last_ts),
-                        "cmdline": event["cmdline"] if event else hit.exemplar})
+            latest = events.get(hit.behaviour_id)
+            out.append({**_hit(hit), "rank": rank, "event": latest,
+                        "score": latest["score"] if latest else float(hit.max_score),
+                        "host": latest["host"] if latest else None,
+                        "ts": latest["ts"] if latest else float(hit.last_ts),
+                        "cmdline": latest["cmdline"] if latest else hit.exemplar})
         return {"query": body.query, "like_event_id": body.like_event_id, "hits": out}
 
 

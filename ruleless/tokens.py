@@ -147,7 +147,11 @@ class TokenStore:
     def _locked(self) -> Iterator[dict[str, Token]]:
         """The tokens under an exclusive lock; written back (atomically, 0600) after."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        lock_fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        lock = self.path.with_name(self.path.name + ".lock")
+        fresh = not lock.exists()
+        lock_fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        if fresh:
+            _same_owner(lock, self.path.parent)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             tokens = {t.id: t for t in self._read()}
@@ -159,8 +163,21 @@ class TokenStore:
                 fh.write(body)
                 fh.flush()
                 os.fsync(fh.fileno())
+            _same_owner(tmp, self.path)
             os.replace(tmp, self.path)
         finally:
             os.close(lock_fd)
         with self._lock:
             self._stamp = None  # (read again next time)
+
+
+def _same_owner(new: Path, old: Path) -> None:
+    """Root replacing the file keeps it its owner's: `ruleless up` runs the API as its
+    service account, which must still read the file after `sudo ruleless token create`."""
+    if os.geteuid() != 0:
+        return
+    try:
+        st = old.stat() if old.exists() else old.parent.stat()
+    except OSError:
+        return
+    os.chown(new, st.st_uid, st.st_gid)

@@ -1,13 +1,16 @@
 """`ruleless up`: the whole system on one machine, on embedded defaults.
 
 Starts (unless told to use real services) the embedded Kafka-compatible broker, then the
-sink (owning the embedded ClickHouse), the scoring worker and an agent for this host, each
-as its own process, all on loopback. Prints where to look. Supervises them (see
+sink (owning the embedded ClickHouse), the scoring worker, an agent for this host and the
+HTTP API with the dashboard, each as its own process, all on loopback. Prints where to
+look, and an admin API token it keeps in DATA_DIR/api-up.token (made once; made again
+when it was revoked). Supervises them (see
 :func:`run`); Ctrl-C stops everything within STOP_TIMEOUT_S.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -28,7 +31,7 @@ console = Console(stderr=True, highlight=False)
 
 
 # The parts that run as `run_as` when `ruleless up` is root (the agent needs root).
-UNPRIVILEGED = frozenset({"sink", "worker"})
+UNPRIVILEGED = frozenset({"sink", "worker", "api"})
 
 # Stopping takes at most this long (then SIGKILL), whatever state the parts are in.
 STOP_TIMEOUT_S = 8.0
@@ -70,15 +73,16 @@ def run(settings: Settings, kafka: str | None = None, clickhouse: str | None = N
             broker = _start_broker(settings, logs)
             console.print(f"[green]✓[/] broker     embedded tansu on {broker.bootstrap} (memory storage)")
         ensure_topics(settings.kafka, settings.topics)
+        api_token = up_token(settings)
         env = child_environ(settings)
         account, why = service_account(settings.run_as, data)
         if account is not None:
             hand_over(data, account)
         console.print(f"[green]✓[/] privileges {why}" if account else f"[yellow]![/] privileges {why}")
-        for name in ("sink", "worker", "agent"):
+        for name in ("sink", "worker", "agent", "api"):
             children.append(_spawn(name, env, logs, account if name in UNPRIVILEGED else None))
             console.print(f"[green]✓[/] {name:<10} pid {children[-1].proc.pid}, log {children[-1].log}")
-        _print_where_to_look(settings, logs)
+        _print_where_to_look(settings, logs, api_token)
         broker_due: float | None = None  # when a dead broker is started again
         while not stopping:
             now = time.monotonic()
@@ -155,11 +159,38 @@ def _spawn(name: str, env: dict[str, str], logs: Path, account: Account | None =
     return Child(name, proc, log)
 
 
-def _print_where_to_look(settings: Settings, logs: Path) -> None:
+UP_TOKEN_FILE = "api-up.token"
+
+
+def up_token(settings: Settings) -> str:
+    """The admin API token `ruleless up` prints: the one in DATA_DIR/api-up.token while
+    the token store still accepts it, else a new one (kept there, 0600)."""
+    from ruleless.tokens import TokenStore, tokens_path
+
+    store = TokenStore(tokens_path(settings.api.tokens_file, settings.data_dir))
+    path = Path(settings.data_dir) / UP_TOKEN_FILE
+    try:
+        kept = path.read_text().strip()
+        if store.verify(kept) is not None:
+            return kept
+    except OSError:
+        pass
+    _, token = store.create(settings.agent.org_id, admin=True, name="ruleless up")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token
+
+
+def _print_where_to_look(settings: Settings, logs: Path, api_token: str) -> None:
     sink = settings.sink
     url = f"http://{sink.query_host}:{sink.query_port}"
+    api = settings.api
     console.print()
     console.print("[bold]ruleless is up.[/] Where to look:")
+    console.print(f"  dashboard and API     http://{api.host}:{api.port}/  (OpenAPI: /openapi.json)")
+    console.print(f"  API token (admin)     {api_token}")
+    console.print(f"                        kept in {Path(settings.data_dir) / UP_TOKEN_FILE}; one per org: ruleless token create --org ORG")
     console.print(f"  recent scored events  ruleless query \"SELECT ts, host, cmdline, score, severity FROM {settings.clickhouse.database}.{settings.clickhouse.table} FINAL ORDER BY ts DESC LIMIT 20\"")
     console.print(f"  SQL over HTTP         {url}/query?sql=SELECT+count()+FROM+{settings.clickhouse.database}.{settings.clickhouse.table}")
     console.print(f"  alerts topic          {settings.topics.alerts} on {settings.kafka.bootstrap}")

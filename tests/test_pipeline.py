@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from ruleless.broker import free_port
@@ -72,6 +73,7 @@ def up_env(query_port: int, org: str) -> dict[str, str]:
         "RULELESS_SINK__METRICS_PORT": str(free_port()),
         "RULELESS_AGENT__METRICS_PORT": str(free_port()),
         "RULELESS_AGENT__ORG_ID": org,
+        "RULELESS_API__PORT": str(free_port()),
     }
 
 
@@ -102,6 +104,12 @@ def test_ruleless_up_scores_this_hosts_own_processes(tmp_path: Path) -> None:
         rows = exec_and_find(url, token, "cmdline, score, severity, org_id, host", timeout=120)
         assert rows[0]["org_id"] == "selftest"
         assert 0.0 <= float(rows[0]["score"]) <= 1.0
+        # The API it started answers with the admin token it printed (issue 16).
+        api_token = (tmp_path / "data" / "api-up.token").read_text().strip()
+        api = f"http://127.0.0.1:{env['RULELESS_API__PORT']}"
+        events = httpx.get(f"{api}/api/events", params={"limit": 5}, headers={"Authorization": f"Bearer {api_token}"}, timeout=30)
+        assert events.status_code == 200 and events.json()["events"][0]["org_id"] == "selftest", events.text[:300]
+        assert httpx.get(f"{api}/api/events", timeout=30).status_code == 401
         # Issue 14: with the broker gone, stopping took 62 s; it must take at most 10.
         os.kill(_children(up.pid)["broker"], signal.SIGKILL)
         time.sleep(1)
@@ -114,13 +122,14 @@ def test_ruleless_up_scores_this_hosts_own_processes(tmp_path: Path) -> None:
     assert up.returncode == 0, text
     assert stop_took <= 10.0, f"stopping took {stop_took:.1f}s"
     assert "ruleless is up" in text and "ruleless query" in text
+    assert f"http://127.0.0.1:{env['RULELESS_API__PORT']}/" in text and api_token in text
     assert "stopped." in text
     # Everything it wrote (shards, ClickHouse, spool, logs, the query token) is owner-only.
     shared = [str(p) for p in (tmp_path / "data").rglob("*") if p.stat().st_mode & 0o077]
     assert not shared, f"readable by others: {shared[:10]}"
     # Secrets reach the parts through an owner-only settings file, never their
     # environment, and no log of the run holds one.
-    assert set(environs) == {"broker", "sink", "worker", "agent"}, environs.keys()
+    assert set(environs) == {"broker", "sink", "worker", "agent", "api"}, environs.keys()
     logs = {"up's output": text, **{str(p): p.read_text(errors="replace") for p in (tmp_path / "data").rglob("*.log")}}
     assert len(logs) >= 4, logs.keys()
     for name, value in secrets.items():
@@ -141,7 +150,7 @@ def exec_and_find(url: str, token: Callable[[], str | None], columns: str = "cmd
 
 
 def _children(pid: int) -> dict[str, int]:
-    """The direct children of ``pid`` by role ("sink", "worker", "agent", "broker")."""
+    """The direct children of ``pid`` by role ("sink", "worker", "agent", "api", "broker")."""
     found: dict[str, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -153,7 +162,7 @@ def _children(pid: int) -> dict[str, int]:
             continue
         if cmdline and "tansu" in cmdline[0]:
             found["broker"] = int(stat.parent.name)
-        elif cmdline and cmdline[-1] in ("sink", "worker", "agent"):  # python …/ruleless ROLE
+        elif cmdline and cmdline[-1] in ("sink", "worker", "agent", "api"):  # python …/ruleless ROLE
             found[cmdline[-1]] = int(stat.parent.name)
     return found
 
@@ -185,7 +194,7 @@ def test_ruleless_up_restarts_what_dies_and_leaves_nothing_behind(tmp_path: Path
     try:
         poll_sql(url, "SELECT 1 AS ok", lambda r: bool(r), timeout=120, token=token)
         parts = _children(up.pid)
-        assert set(parts) == {"broker", "sink", "worker", "agent"}, parts
+        assert set(parts) == {"broker", "sink", "worker", "agent", "api"}, parts
 
         os.kill(parts["worker"], signal.SIGKILL)
         _wait("a new worker", lambda: _children(up.pid).get("worker", parts["worker"]) != parts["worker"], 30)
@@ -236,7 +245,7 @@ def test_ruleless_up_as_root_runs_the_sink_and_worker_unprivileged() -> None:
         out, _ = up.communicate(timeout=90)
         shutil.rmtree(data, ignore_errors=True)
     text = out.decode(errors="replace")
-    assert uids == {"broker": 0, "agent": 0, "sink": dropped, "worker": dropped}, (uids, text[-2000:])
+    assert uids == {"broker": 0, "agent": 0, "sink": dropped, "worker": dropped, "api": dropped}, (uids, text[-2000:])
     assert why in " ".join(text.split()), text
 
 
