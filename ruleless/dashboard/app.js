@@ -581,6 +581,7 @@ async function loadThresholds(w) {
     $("th-warn").value = t.warn.toFixed(2);
     $("th-alert").value = t.alert.toFixed(2);
     if (t.source) $("th-status").textContent = t.source === "override" ? "(set here, overrides the configured ones)" : `(${t.source})`;
+    $("th-reset").hidden = t.source !== "override";
     $("th-status").title = t.note || "";
   } catch (err) {
     if (err.status !== 401) $("th-status").textContent = `thresholds unavailable: ${err.message}`;
@@ -600,10 +601,24 @@ async function saveThresholds(ev) {
   try {
     await api(`${workloadPath(w)}/thresholds`, { method: "PUT", body: { warn, alert } });
     $("th-status").textContent = "saved — new events use these thresholds";
+    $("th-reset").hidden = false;
     toast(`Thresholds for ${w.workload}: warn ≥ ${warn.toFixed(2)}, alert ≥ ${alert.toFixed(2)}`);
     refreshWorkloadPanel();
   } catch (err) {
     if (err.status !== 401) $("th-status").textContent = `not saved: ${err.message}`;
+  }
+}
+
+async function resetThresholds() {
+  const w = state.workload;
+  $("th-status").textContent = "resetting…";
+  try {
+    await api(`${workloadPath(w)}/thresholds`, { method: "DELETE" });
+    toast(`Thresholds for ${w.workload} back to the configured ones`);
+    loadThresholds(w);
+    refreshWorkloadPanel();
+  } catch (err) {
+    if (err.status !== 401) $("th-status").textContent = `not reset: ${err.message}`;
   }
 }
 
@@ -690,7 +705,8 @@ function minGap(xs) {
 function drawBars(svg, points, sx, sy, step) {
   for (const p of points) {
     const t = p.x.getTime();
-    const x = sx(t) + 0.5, bw = Math.max(1.5, sx(t + step) - sx(t) - 1);
+    const slot = sx(t + step) - sx(t);
+    const x = sx(t) + Math.min(2, slot * 0.12), bw = Math.max(1.5, slot - 2 * Math.min(2, slot * 0.12));
     const ok = Math.max(0, p.y - p.warn - p.alert);
     const g = s("g", {}, s("title", {}, `${fmtTime(p.x)}: ${fmtNum(p.y)} events, ${fmtNum(p.warn)} warn, ${fmtNum(p.alert)} alert`));
     let base = 0;
@@ -736,16 +752,27 @@ function renderHistogram(id, bins, th) {
 
 /* ---------------------------------------------------------------- search */
 
-async function runSearch(ev) {
+function runSearch(ev) {
   ev.preventDefault();
   const text = $("search-input").value.trim();
-  if (!text) return;
+  if (text) search({ query: text }, `for “${text}”`);
+}
+
+// Behaviours like an event's ("more like this"), from the drawer.
+function searchLike(e) {
+  closeDrawer();
+  search({ like_event_id: eventId(e) }, `like “${e.cmdline || eventId(e)}”`);
+}
+
+async function search(request, title) {
   $("search-panel").hidden = false;
-  $("search-query").textContent = `for “${text}”`;
+  $("search-query").textContent = title;
+  $("main").scrollTop = 0;
   const list = $("search-results");
   clear(list, h("li", {}, stateBox("loading", "Searching learned behaviours…")));
-  const body = { query: text, limit: 20 };
+  const body = { ...request, limit: 20 };
   if (state.workload) body.workload = state.workload.workload;
+  if (state.workload && state.me && state.me.admin) body.org = state.workload.org;
   try {
     const resp = await api("/telemetry/security/search", { method: "POST", body });
     renderHits(listOf(resp, "hits", "results", "items"));
@@ -841,7 +868,8 @@ function section(title, body) {
 function verdictSection(e, sev) {
   const actions = h("div", { class: "verdict-actions" },
     h("button", { type: "button", class: "btn btn-expected", dataset: { label: "expected" }, onclick: () => sendFeedback(e, "expected") }, "✓ Expected"),
-    h("button", { type: "button", class: "btn btn-malicious", dataset: { label: "malicious" }, onclick: () => sendFeedback(e, "malicious") }, "⚠ Malicious"));
+    h("button", { type: "button", class: "btn btn-malicious", dataset: { label: "malicious" }, onclick: () => sendFeedback(e, "malicious") }, "⚠ Malicious"),
+    h("button", { type: "button", class: "btn btn-sm btn-ghost", title: "Search behaviours like this one", onclick: () => searchLike(e) }, "More like this"));
   const note = h("input", { id: "feedback-note", class: "feedback-note", placeholder: "Note for the record (optional)" });
   return h("section", { class: "d-section" },
     h("div", { class: "verdict" },
@@ -863,7 +891,8 @@ function reasonsList(reasons) {
   if (!reasons.length) return h("p", { class: "muted" }, "No reasons recorded.");
   return h("ul", { class: "reasons" }, reasons.map(parseReason).map((r) =>
     h("li", { class: "reason" }, h("span", {}, r.text),
-      r.weight === null ? h("span") : h("span", { title: `+${r.weight.toFixed(2)}` },
+      r.weight === null ? h("span") : h("span", { class: "reason-weight", title: "contribution to the score" },
+        h("span", { class: "mono" }, `+${r.weight.toFixed(2)}`),
         h("div", { class: "reason-bar" }, h("span", { style: `width:${Math.round(Math.min(1, r.weight) * 100)}%` }))))));
 }
 
@@ -957,6 +986,7 @@ function wire() {
   $("more").addEventListener("click", loadOlder);
   $("all-workloads").addEventListener("click", () => selectWorkload(null));
   $("thresholds").addEventListener("submit", saveThresholds);
+  $("th-reset").addEventListener("click", resetThresholds);
   $("d-close").addEventListener("click", closeDrawer);
   $("scrim").addEventListener("click", closeDrawer);
   document.addEventListener("keydown", onKey);
