@@ -237,7 +237,8 @@ async function signIn(token) {
 function renderWho() {
   const me = state.me || {};
   const org = pick(me, "org", "org_id") || "all orgs";
-  $("who").textContent = me.admin ? `admin · ${org}` : `org · ${org}`;
+  $("who").textContent = me.admin ? "admin · every org" : `org · ${org}`;
+  $("who").title = me.admin ? `admin token of ${org}: reads every org` : `this token reads ${org} only`;
 }
 
 /* ---------------------------------------------------------------- polling */
