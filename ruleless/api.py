@@ -35,6 +35,19 @@ log = logging.getLogger(__name__)
 DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
 
 
+class ApiMetrics:
+    """Requests by route template and status, their latency, the event store's failures."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("ruleless_api_requests_total", "API requests", ["method", "route", "status"], registry=r)
+        self.latency = Histogram("ruleless_api_request_seconds", "API request latency", ["route"], registry=r,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.store_errors = Counter("ruleless_api_store_errors_total", "Reads the event store refused or failed", registry=r)
+
+
 @dataclass
 class Context:
     """What every request handler reads: settings, tokens, the event store, and (opened
@@ -43,6 +56,7 @@ class Context:
     settings: Settings
     tokens: TokenStore
     reader: Reader
+    metrics: ApiMetrics = field(default_factory=lambda: ApiMetrics())
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _opened: dict[str, Any] = field(default_factory=dict)
 
@@ -116,6 +130,7 @@ def read(ctx: Context, sql: str) -> list[dict[str, Any]]:
         return ctx.reader.rows(sql)
     except QueryError as exc:
         log.warning("event store read failed: %s", exc.message)
+        ctx.metrics.store_errors.inc()
         status = 503 if "no query endpoint answers" in exc.message else 502
         raise HTTPException(status, f"the event store did not answer: {exc.message}") from None
 
@@ -147,12 +162,27 @@ def create_app(settings: Settings, reader: Reader | None = None, tokens: TokenSt
         title="ruleless",
         version="1",
         description="Unusual process executions, learned per (org, workload): events, alerts, search, feedback.",
+        # (FastAPI's /docs and /redoc pages load their scripts from a CDN; the dashboard
+        # and /openapi.json are served from here)
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.ruleless = Context(
         settings=settings,
         tokens=tokens or TokenStore(tokens_path(settings.api.tokens_file, settings.data_dir)),
         reader=reader or open_reader(settings),
     )
+    metrics = app.state.ruleless.metrics
+
+    @app.middleware("http")
+    async def _measure(request: Request, call_next: Any) -> Any:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", None) or ("/" if request.url.path.startswith("/") else "?")
+        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
+        metrics.latency.labels(path).observe(time.perf_counter() - started)
+        return response
 
     @app.exception_handler(QueryError)
     async def _bad_query(request: Request, exc: QueryError) -> JSONResponse:
@@ -261,9 +291,23 @@ def run(settings: Settings) -> None:
     """`ruleless api`: serve until SIGINT/SIGTERM."""
     import uvicorn
 
+    from ruleless.health import HealthServer, cached
+
     tokens = TokenStore(tokens_path(settings.api.tokens_file, settings.data_dir))
     check_bind(settings, tokens)
     app = create_app(settings, tokens=tokens)
+    ctx: Context = app.state.ruleless
+    if settings.api.metrics_port:
+
+        def ready() -> tuple[bool, str]:
+            ctx.reader.rows("SELECT 1 AS ok")
+            return True, f"reading {ctx.reader.describe()}"
+
+        try:
+            HealthServer(settings.api.metrics_port, settings.metrics_host, ready=cached(ready, 5.0),
+                         registry=ctx.metrics.registry).start()
+        except OSError as exc:
+            raise ConfigError(f"the API's metrics port {settings.api.metrics_port}: {exc}") from None
     log.info("API on http://%s:%d (reads %s; tokens %s)", settings.api.host, settings.api.port,
              app.state.ruleless.reader.describe(), tokens.path)
     started = time.monotonic()
@@ -581,4 +625,4 @@ def _behaviour_id(event: dict[str, Any]) -> str:
     from ruleless.feedback import event_from_row
     from streams.behaviours import behaviour_id
 
-    return behaviour_id(event_from_row(event))
+    return behaviour_id(event_from_row(event))  # type: ignore[arg-type]  # (a frozen struct: read-only fields)

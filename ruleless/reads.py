@@ -63,6 +63,8 @@ class Scope:
 class Reader(Protocol):
     def rows(self, sql: str) -> list[dict[str, Any]]: ...
 
+    def describe(self) -> str: ...
+
 
 class SinkReader:
     """Statements through the sink's query endpoint (the sink owns the embedded chdb)."""

@@ -249,6 +249,8 @@ class ApiSettings(BaseModel):
     # Largest page of /api/events (and rows behind one /api/alerts grouping).
     max_page: int = Field(500, ge=1, le=10_000)
     alert_rows: int = Field(5000, ge=1, le=100_000)
+    # /metrics, /healthz and /readyz (ruleless/health.py) on metrics_host; 0 = none.
+    metrics_port: int = Field(9468, ge=0, le=65535)
 
 
 class AgentSettings(BaseModel):

@@ -194,6 +194,6 @@ def _print_where_to_look(settings: Settings, logs: Path, api_token: str) -> None
     console.print(f"  recent scored events  ruleless query \"SELECT ts, host, cmdline, score, severity FROM {settings.clickhouse.database}.{settings.clickhouse.table} FINAL ORDER BY ts DESC LIMIT 20\"")
     console.print(f"  SQL over HTTP         {url}/query?sql=SELECT+count()+FROM+{settings.clickhouse.database}.{settings.clickhouse.table}")
     console.print(f"  alerts topic          {settings.topics.alerts} on {settings.kafka.bootstrap}")
-    console.print(f"  metrics               worker :{settings.worker.metrics_port}  sink :{sink.metrics_port}  agent :{settings.agent.metrics_port}")
+    console.print(f"  metrics               worker :{settings.worker.metrics_port}  sink :{sink.metrics_port}  agent :{settings.agent.metrics_port}  api :{api.metrics_port}")
     console.print(f"  logs                  {logs}")
     console.print("Ctrl-C stops everything.")

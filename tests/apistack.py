@@ -37,7 +37,7 @@ def stack_settings(data: Path, bootstrap: str, **extra: Any) -> Settings:
                 "metrics_port": 0, "web_port": 0},
         sink={"group_id": f"sink-{tag}", "metrics_port": 0, "query_port": free_port(), "query_token": QUERY_TOKEN},
         agent={"metrics_port": 0},
-        api={"port": free_port()},
+        api={"port": free_port(), "metrics_port": free_port()},
         **extra,
     )
 

@@ -74,6 +74,7 @@ def up_env(query_port: int, org: str) -> dict[str, str]:
         "RULELESS_AGENT__METRICS_PORT": str(free_port()),
         "RULELESS_AGENT__ORG_ID": org,
         "RULELESS_API__PORT": str(free_port()),
+        "RULELESS_API__METRICS_PORT": str(free_port()),
     }
 
 

@@ -348,3 +348,32 @@ def test_non_loopback_bind_is_refused_without_tokens(tmp_path: Path) -> None:
                           env={"RULELESS_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 2
     assert b"beyond this host" in done.stderr and b"ruleless token create" in done.stderr
+
+
+def test_metrics_and_readiness_of_the_api(stack: dict[str, Any]) -> None:
+    settings: Settings = stack["settings"]
+    get(stack, "/api/me")
+    base = f"http://{settings.metrics_host}:{settings.api.metrics_port}"
+    assert httpx.get(base + "/readyz", timeout=30).json()["ready"] is True
+    text = httpx.get(base + "/metrics", timeout=30).text
+    assert 'ruleless_api_requests_total{method="GET",route="/api/me",status="200"}' in text
+    assert "ruleless_api_request_seconds_bucket" in text
+
+
+def test_the_dashboard_is_served_at_the_root_and_nothing_from_a_cdn(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from ruleless.api import create_app
+    from ruleless.settings import load_settings
+
+    (tmp_path / "dash").mkdir()
+    (tmp_path / "dash" / "index.html").write_text("<title>ruleless</title>")
+    app = create_app(load_settings(data_dir=str(tmp_path)), dashboard=tmp_path / "dash")
+    with TestClient(app) as c:
+        assert c.get("/").text == "<title>ruleless</title>"
+        assert c.get("/docs").status_code == 404  # (FastAPI's page loads its scripts from a CDN)
+        assert c.get("/openapi.json").status_code == 200
+        assert c.get("/api/events").status_code == 401
+    bare = create_app(load_settings(data_dir=str(tmp_path)), dashboard=tmp_path / "none")
+    with TestClient(bare) as c:
+        assert c.get("/").status_code == 404
