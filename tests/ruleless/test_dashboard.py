@@ -19,23 +19,17 @@ from __future__ import annotations
 
 import os
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ruleless.broker import free_port
-from ruleless.kafka import producer
 from ruleless.settings import Settings
-from schemas.events import RawEvent, encode
-from tests.factories import workload_stream
+from tests.apistack import api_process, pipeline, publish, token, wait_stored
 from tests.factories import event as make_event
-from tests.processes import ruleless_process
-from tests.test_pipeline import poll_sql
+from tests.factories import workload_stream
 
 pytestmark = pytest.mark.integration
 
@@ -90,34 +84,6 @@ def artifacts(request: pytest.FixtureRequest) -> Path:
 # -- the system -------------------------------------------------------------------------
 
 
-def publish(settings: Settings, events: list[RawEvent]) -> None:
-    prod = producer(settings.kafka)
-    for e in events:
-        prod.produce(settings.topics.raw, key=e.shard_key.encode(), value=encode(e))
-    assert prod.flush(30) == 0
-
-
-def wait_http(url: str, timeout: float = 60.0) -> None:
-    """Until something answers at ``url`` (any HTTP status will do)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            time.sleep(0.3)
-    raise AssertionError(f"nothing answers at {url}")
-
-
-def api_token(settings: Settings, org: str) -> str:
-    from ruleless.tokens import TokenStore, tokens_path
-
-    _, secret = TokenStore(tokens_path(settings.api.tokens_file, settings.data_dir)).create(org, name="dashboard test")
-    return secret
-
-
 # Times relative to now, so the dashboard shows a live system (the engine keeps event time).
 def scenario(now: float) -> dict[str, Any]:
     base = now - 420
@@ -146,32 +112,21 @@ def scenario(now: float) -> dict[str, Any]:
 
 @pytest.fixture
 def system(topics: Settings, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """Sink, worker and API processes on the test's topics; the API's URL and a token."""
-    settings = topics.model_copy(update={"api": topics.api.model_copy(update={"port": free_port()})})
-    token = api_token(settings, "acme")
-    with ExitStack() as stack:
-        stack.enter_context(ruleless_process(settings, "sink", log=tmp_path / "sink.log"))
-        stack.enter_context(ruleless_process(settings, "worker", log=tmp_path / "worker.log"))
-        stack.enter_context(ruleless_process(settings, "api", log=tmp_path / "api.log"))
-        url = f"http://{settings.api.host}:{settings.api.port}"
-        wait_http(url + "/openapi.json")
-        yield {"settings": settings, "url": url, "token": token, "logs": tmp_path}
-
-
-def stored(settings: Settings, event_id: str | None) -> dict[str, Any]:
-    url = f"http://{settings.sink.query_host}:{settings.sink.query_port}"
-    table = f"{settings.clickhouse.database}.{settings.clickhouse.table}"
-    [row] = poll_sql(url, f"SELECT event_id, score, severity FROM {table} FINAL WHERE event_id = '{event_id}'", bool, timeout=90)
-    return row
+    """Sink, worker and `ruleless api` processes on the test's topics (tests/apistack.py);
+    the API's URL and a token of org acme."""
+    ports = {"port": free_port(), "metrics_port": free_port()}
+    settings = topics.model_copy(update={"api": topics.api.model_copy(update=ports)})
+    with pipeline(settings, tmp_path), api_process(settings, tmp_path) as url:
+        yield {"settings": settings, "url": url, "token": token(settings, "acme"), "logs": tmp_path}
 
 
 # -- the page ---------------------------------------------------------------------------
 
 
-def sign_in(page: Any, url: str, token: str) -> None:
-    page.goto(url + "/")
+def sign_in(page: Any, secret: str) -> None:
+    """Through the token prompt (the token then lives in the tab's sessionStorage)."""
     page.wait_for_selector("#login-form", state="visible")
-    page.fill("#token-input", token)
+    page.fill("#token-input", secret)
     page.click("#login-form button[type=submit]")
     page.wait_for_selector("#app", state="visible")
 
@@ -204,8 +159,7 @@ def test_dashboard_shows_events_finds_the_reverse_shell_and_takes_feedback(
     story = scenario(time.time())
     shell, first, again = story["shell"], story["first"], story["again"]
     publish(settings, [*story["routine"], shell, *story["others"], first])
-    flagged = stored(settings, first.event_id)
-    stored(settings, shell.event_id)
+    flagged = {r["event_id"]: r for r in wait_stored(settings, [first.event_id or "", shell.event_id or ""])}[first.event_id]
 
     page = browser.new_page(viewport={"width": 1440, "height": 900})
     errors: list[str] = []
@@ -214,8 +168,11 @@ def test_dashboard_shows_events_finds_the_reverse_shell_and_takes_feedback(
     # 1. The token prompt, then the live table with the streamed events.
     page.goto(url + "/")
     page.wait_for_selector("#login-form", state="visible")
+    page.fill("#token-input", "rl_forged_token")
+    page.click("#login-form button[type=submit]")
+    page.wait_for_function("document.getElementById('login-error').textContent.includes('refused')")
     page.screenshot(path=str(artifacts / "01-token-prompt.png"))
-    sign_in(page, url, system["token"])
+    sign_in(page, system["token"])
     page.locator(f'#events tr[data-event-id="{shell.event_id}"]').wait_for(timeout=WAIT_MS)
     assert page.locator("#events tr[data-event-id]").count() >= 50
     assert page.locator(f'#events tr[data-event-id="{shell.event_id}"] .badge').inner_text().lower() in ("alert", "warn")
