@@ -59,6 +59,11 @@ function clear(el, ...children) {
   return el;
 }
 
+// Attributes that make an element open something by click or by Enter (keyboard users).
+function opens(fn) {
+  return { tabindex: 0, onclick: fn, onkeydown: (ev) => { if (ev.key === "Enter") fn(); } };
+}
+
 function stateBox(kind, title, text) {
   const cls = kind === "error" ? "state state-error" : "state";
   const spin = kind === "loading" ? h("span", { class: "spinner" }) : null;
@@ -333,7 +338,7 @@ function renderEvents(initial) {
 function eventRow(e, fresh) {
   const sev = severityOf(e);
   const cls = `sev-${sev}${fresh ? " fresh" : ""}`;
-  return h("tr", { class: cls, dataset: { eventId: eventId(e) }, onclick: () => openDrawer(eventId(e), e) },
+  return h("tr", { class: cls, dataset: { eventId: eventId(e) }, ...opens(() => openDrawer(eventId(e), e)) },
     h("td", { class: "time", title: String(toDate(e.ts) || "") }, fmtTime(e.ts)),
     h("td", {}, badge(sev)),
     h("td", {}, scoreCell(e.score, sev)),
@@ -438,7 +443,7 @@ function alertCard(g) {
   const hosts = listOf(pick(g, "hosts") || []);
   const cmd = sample.cmdline || pick(g, "cmdline", "behaviour") || "";
   const id = eventId(sample) || pick(g, "event_id", "sample_event_id");
-  return h("li", { class: `alert-card sev-${sev}`, dataset: { eventId: id || "" }, onclick: () => id && openDrawer(id, sample) },
+  return h("li", { class: `alert-card sev-${sev}`, dataset: { eventId: id || "" }, ...opens(() => id && openDrawer(id, sample)) },
     h("div", { class: "alert-top" },
       h("span", {}, badge(sev), " ", h("span", { class: "score score-" + sev }, fmtScore(score))),
       h("span", { class: "alert-count", title: "events in this group" }, `×${fmtNum(pick(g, "count") ?? 1)}`)),
@@ -806,7 +811,7 @@ function hitItem(hit, rank) {
   const e = hitEvent(hit);
   const sev = severityOf(e);
   const relevance = pick(hit, "relevance", "similarity", "rank_score", "match");
-  return h("li", { class: "hit", dataset: { eventId: e.event_id || "", rank }, onclick: () => e.event_id && openDrawer(e.event_id, e) },
+  return h("li", { class: "hit", dataset: { eventId: e.event_id || "", rank }, ...opens(() => e.event_id && openDrawer(e.event_id, e)) },
     h("span", { class: "hit-rank" }, rank),
     h("div", {},
       h("div", { class: "hit-cmd" }, e.cmdline),
@@ -921,7 +926,7 @@ function relatedList(title, events) {
   return h("div", { class: "related" }, h("div", { class: "related-title" }, title),
     h("ul", { class: "known" }, events.map((r) => {
       const sev = severityOf(r);
-      return h("li", { class: "clickable", onclick: () => openDrawer(eventId(r), r) },
+      return h("li", { class: "clickable", ...opens(() => openDrawer(eventId(r), r)) },
         h("span", {}, r.cmdline || programOf(r)), h("span", { class: `n score-${sev}` }, `${fmtScore(r.score)} · pid ${r.pid}`));
     })));
 }
