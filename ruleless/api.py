@@ -11,8 +11,8 @@ static files (ruleless/dashboard/) at ``/``.
 from __future__ import annotations
 
 import logging
-import time
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,6 +33,13 @@ from schemas.events import NAME_PATTERN
 log = logging.getLogger(__name__)
 
 DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
+# On every answer: no framing of the dashboard by another site, no MIME sniffing, no
+# Referer (URLs carry filters such as hosts and command-line text), no caching of data.
+SECURITY_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 class ApiMetrics:
@@ -105,7 +112,11 @@ def caller(
     """The caller of a request, from its bearer token; 401 without a valid one."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized("a bearer token is required (ruleless token create --org ORG)")
-    who = _context(request).tokens.verify(credentials.credentials)
+    try:
+        who = _context(request).tokens.verify(credentials.credentials)
+    except ConfigError as exc:  # (a token store that cannot be read lets nobody in)
+        log.error("%s", exc.message)
+        raise HTTPException(503, "the token store cannot be read") from None
     if who is None:
         raise _unauthorized("unknown or revoked token")
     return who
@@ -182,6 +193,9 @@ def create_app(settings: Settings, reader: Reader | None = None, tokens: TokenSt
         path = getattr(route, "path", None) or ("/" if request.url.path.startswith("/") else "?")
         metrics.requests.labels(request.method, path, str(response.status_code)).inc()
         metrics.latency.labels(path).observe(time.perf_counter() - started)
+        response.headers.update(SECURITY_HEADERS)
+        if request.url.path.startswith(("/api/", "/telemetry/")):
+            response.headers["Cache-Control"] = "no-store"
         return response
 
     @app.exception_handler(QueryError)

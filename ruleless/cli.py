@@ -205,7 +205,7 @@ def score(
         _fail(exc)
     typer.echo(
         f"scored {summary.scored} events ({summary.warn} warn, {summary.alert} alert), "
-        f"{summary.invalid} invalid lines",
+        f"{summary.invalid} invalid lines" + (f"; {summary.behaviours} new behaviours in the search index" if state else ""),
         err=True,
     )
     if summary.invalid > max_invalid:
@@ -278,22 +278,41 @@ def query(
 
 @app.command()
 def search(
-    text: Annotated[str, typer.Argument(help="Words of a command line, e.g. 'curl bash'.")],
+    text: Annotated[str, typer.Argument(help="What to look for, in words ('reverse shell') or as a command line.")],
     limit: Annotated[int, typer.Option("--limit", "-n", help="Hits to show.")] = 20,
-    shard: Annotated[Optional[str], typer.Option("--shard", help="Only shards whose key starts with this (e.g. acme/web).")] = None,
-    lancedb: Annotated[Optional[str], typer.Option("--lancedb", envvar="RULELESS_LANCEDB__URI", help="LanceDB URI of the shards.")] = None,
+    org: Annotated[Optional[list[str]], typer.Option("--org", help="Only this org's behaviours (repeatable); default: every org.")] = None,
+    workload: Annotated[Optional[str], typer.Option("--workload", help="Only this workload's behaviours.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per hit, best first.")] = False,
+    lancedb: Annotated[Optional[str], typer.Option("--lancedb", envvar="RULELESS_LANCEDB__URI", help="LanceDB URI: a `ruleless score --state` dir or a running system's.")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Find learned behaviours like TEXT across the shards' baselines."""
-    from rich.table import Table
+    """Find behaviours by intent ("reverse shell") or by example over the search index of
+    learned behaviours (written by the sink, or by `ruleless score --state`). No service
+    needs to run."""
+    from streams.behaviours import BehaviourIndex
+
+    try:
+        settings = _settings(config, lancedb={"uri": lancedb})
+    except RulelessError as exc:
+        _fail(exc)
+    index = BehaviourIndex(settings.lancedb.uri)
+    if not index.count():
+        typer.secho(f"no behaviours indexed at {settings.lancedb.uri} (yet)", err=True)
+    hits = index.search(text, set(org) if org else None, workload, limit)
+    if as_json:
+        for h in hits:
+            typer.echo(json.dumps({
+                "cmdline": h.exemplar, "org_id": h.org_id, "workload": h.workload, "score": round(h.similarity, 4),
+                "behaviour_id": h.behaviour_id, "process_name": h.process_name, "count": h.count,
+                "first_ts": h.first_ts, "last_ts": h.last_ts, "max_score": h.max_score,
+            }))  # fmt: skip
+        return
     from rich.console import Console
+    from rich.table import Table
 
-    from streams.search import search as run_search
-
-    settings = _settings(config, lancedb={"uri": lancedb})
-    table = Table("algorithm", "shard", "behaviour", "seen", "similarity")
-    for hit in run_search(settings.lancedb.uri, text, limit, shard or "", settings.engine.dims):
-        table.add_row(hit.algorithm, hit.shard, hit.behaviour[:100], str(hit.count), f"{hit.similarity:.2f}")
+    table = Table("similarity", "org", "workload", "seen", "max score", "command line")
+    for h in hits:
+        table.add_row(f"{h.similarity:.2f}", h.org_id, h.workload, str(h.count), f"{h.max_score:.2f}", h.exemplar[:120])
     Console().print(table)
 
 

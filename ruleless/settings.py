@@ -181,6 +181,12 @@ class SinkSettings(BaseModel):
     query_host: str = "127.0.0.1"
     query_port: int = 8124
     query_token: SecretStr | None = None
+    # The search index of behaviours (sinks/indexer.py): a thread of the sink that adds
+    # what was inserted to the LanceDB `behaviours` table (lancedb.uri) every interval,
+    # at this niceness and on one BLAS thread, so embedding never competes with workers.
+    behaviours: bool = True
+    behaviours_interval_s: float = Field(5.0, gt=0)
+    behaviours_nice: int = Field(10, ge=0, le=19)
 
 
 class AlertRoute(BaseModel):

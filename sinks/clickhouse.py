@@ -45,6 +45,7 @@ from schemas.errors import (
     SinkWriteError,
 )
 from schemas.events import ScoredEvent
+from streams.behaviours import behaviour_id
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("model", "LowCardinality(String)", pa.string()),
     Column("learning", "Bool", pa.bool_()),
     Column("scored_at", "DateTime64(6, 'UTC')", _UTC_MICROS),
+    # Not an event field: the event's behaviour (streams/behaviours.py), which the search
+    # index (sinks/indexer.py) and the API join on.
+    Column("behaviour_id", "String", pa.string()),
     # Not an event field: when this copy was written (retention, below).
     Column("inserted_at", "DateTime64(6, 'UTC')", None, "now64(6, 'UTC')"),
 )
@@ -257,6 +261,7 @@ def event_row(event: ScoredEvent) -> Row:
         event.model,
         event.learning,
         round(event.scored_at * 1_000_000),
+        behaviour_id(event),
     )
 
 

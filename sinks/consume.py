@@ -40,6 +40,7 @@ from ruleless.settings import Settings
 from schemas.errors import BackpressureError, DecodeError, ServiceError, SinkWriteError
 from schemas.events import dead_letter, decode_scored, encode
 from sinks.clickhouse import INSERT_COLUMNS, Backend, Row, dedup_token, event_row, open_backend, rows_table
+from sinks.indexer import BehaviourIndexer
 from sinks.query import QueryServer, check_bind, ensure_token
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,7 @@ class Sink:
         self._assigned: set[tuple[str, int]] = set()
         self._last_poll: float | None = None
         self._store_reachable = cached(self._ping_store, STORE_PING_S)
+        self.indexer: BehaviourIndexer | None = None
 
     @property
     def backend(self) -> Backend:
@@ -186,6 +188,8 @@ class Sink:
         metrics_server: HealthServer | None = None
         try:
             self.backend.ensure_schema()
+            if s.sink.behaviours:
+                self.indexer = BehaviourIndexer(s, self.backend).start()
             try:
                 configured = s.sink.query_token.get_secret_value() if s.sink.query_token else None
                 # Beyond loopback only with a token someone configured (and so can hand out).
@@ -224,6 +228,9 @@ class Sink:
             self._shutdown(query_server, metrics_server)
 
     def _shutdown(self, query_server: QueryServer | None, metrics_server: HealthServer | None) -> None:
+        if self.indexer is not None:
+            self.indexer.close()
+            self.indexer = None
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None

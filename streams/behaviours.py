@@ -29,7 +29,8 @@ import logging
 import re
 import threading
 import warnings
-from collections.abc import Iterable, Sequence
+from datetime import timedelta
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Protocol
@@ -229,10 +230,16 @@ class BehaviourIndex:
     """The ``behaviours`` table at LanceDB ``uri`` (created on first :meth:`add`).
     Safe to share between threads (writes are serialised)."""
 
-    def __init__(self, uri: str, table: str = TABLE) -> None:
+    def __init__(self, uri: str, table: str = TABLE, embedder: Callable[[Sequence[str]], np.ndarray] = embed) -> None:
+        """``embedder`` is :func:`ruleless.embedding.embed` unless a caller wraps it (a
+        cache in tests); vectors already stored must come from the same model."""
         self.uri = uri
+        self.embed = embedder
         self.name = table
-        self._db = lancedb.connect(uri)
+        # Readers in other processes (the API, the CLI, tests) see each write of the sink's
+        # indexer at their next query: without a consistency interval a table handle
+        # stays at the version it opened.
+        self._db = lancedb.connect(uri, read_consistency_interval=timedelta(0))
         self._table: Any = None
         self._write = threading.Lock()
 
@@ -248,7 +255,7 @@ class BehaviourIndex:
         with self._write:
             existing = self._rows_by_id(list(incoming))
             new_ids = [b for b in incoming if b not in existing]
-            vectors = embed([incoming[b].exemplar for b in new_ids]) if new_ids else np.zeros((0, DIM), np.float32)
+            vectors = self.embed([incoming[b].exemplar for b in new_ids]) if new_ids else np.zeros((0, DIM), np.float32)
             records: list[dict[str, Any]] = []
             for b, vector in zip(new_ids, vectors):
                 row = incoming[b]
@@ -329,7 +336,7 @@ class BehaviourIndex:
         if table is None or not text.strip() or (orgs is not None and not orgs):
             return []
         where = _filter(orgs, workload)
-        vector = embed([text])[0]
+        vector = self.embed([text])[0]
         k = max(MIN_CANDIDATES, CANDIDATES_PER_HIT * limit)
         candidates = {r["behaviour_id"]: r for r in self._nearest(table, vector, where, k)}
         for r in self._full_text(table, text, where, k):
@@ -351,7 +358,7 @@ class BehaviourIndex:
         """The workload's known behaviours nearest to ``behaviour`` (a behaviour id of
         this org, else free text such as a command line), itself left out."""
         row = self._one(org_id, behaviour)
-        vector = np.asarray(row["vector"], np.float32) if row is not None else embed([behaviour])[0]
+        vector = np.asarray(row["vector"], np.float32) if row is not None else self.embed([behaviour])[0]
         return self._by_vector(vector, _filter({org_id}, workload), behaviour, limit)
 
     def _by_vector(self, vector: np.ndarray, where: str | None, exclude: str, limit: int) -> list[BehaviourHit]:

@@ -17,6 +17,7 @@ import msgspec
 from ruleless.settings import Settings
 from schemas.errors import DecodeError
 from schemas.events import RawEvent, decode, encode_lines
+from streams.behaviours import Aggregator, BehaviourIndex
 from streams.scoring import ScoringService
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ class ScoreSummary:
     invalid: int = 0
     warn: int = 0
     alert: int = 0
+    # Behaviours new to the search index (with persist).
+    behaviours: int = 0
 
 
 def score_stream(
@@ -49,14 +52,19 @@ def score_stream(
     """Score JSON lines to ``out`` in input order; invalid lines are reported, not fatal.
 
     With ``persist``, the learning is written to the shard store at the end, and every
-    :data:`PERSIST_EVERY_S` on the way for long inputs; without, nothing is written."""
+    :data:`PERSIST_EVERY_S` on the way for long inputs, and the behaviours scored are
+    added to the search index (``behaviours`` table) at the end; without, nothing is
+    written."""
     service = service or ScoringService(settings)
     summary = ScoreSummary()
+    behaviours = Aggregator() if persist else None
     last_write = time.monotonic()
     for batch in _batches(_decoded(lines, summary, errors), batch_size):
         scored = service.score(batch)
         out.write(encode_lines(scored).decode())
         summary.scored += len(scored)
+        if behaviours is not None:
+            behaviours.add(scored)
         for event in scored:
             summary.warn += event.severity == "warn"
             summary.alert += event.severity == "alert"
@@ -65,6 +73,9 @@ def score_stream(
             last_write = time.monotonic()
     if persist:
         service.flush()
+    if behaviours is not None and behaviours.rows:
+        # The search index of what was scored, beside the shards (`ruleless search`).
+        summary.behaviours = BehaviourIndex(settings.lancedb.uri).add(behaviours.rows.values())
     return summary
 
 

@@ -17,6 +17,7 @@ import pytest
 from ruleless.broker import free_port
 from ruleless.settings import ClickHouseSettings, Settings
 from schemas.errors import DecodeError, QueryError, ServiceError
+from streams.behaviours import behaviour_id
 from schemas.events import ScoredEvent
 from sinks.clickhouse import (
     COLUMNS,
@@ -74,8 +75,8 @@ def test_schema_has_every_event_field(backend: Backend) -> None:
     fields = {f.name for f in msgspec.structs.fields(ScoredEvent)}
     assert fields <= set(described), fields - set(described)
     assert described == {c.name: c.ch_type for c in COLUMNS}
-    assert set(INSERT_COLUMNS) == fields
-    assert set(described) - fields == {"event_time", "inserted_at"}
+    assert set(INSERT_COLUMNS) == fields | {"behaviour_id"}
+    assert set(described) - fields == {"event_time", "inserted_at", "behaviour_id"}
     engine = backend.query(
         f"SELECT engine_full FROM system.tables WHERE database = '{backend.ch.database}' AND name = '{backend.ch.table}'"
     )[0]["engine_full"]
@@ -100,8 +101,9 @@ def test_round_trip_keeps_every_value(backend: Backend) -> None:
     assert set(rows) == {"rt-000001", "sparse"}
     got = rows["rt-000001"]
     for name in INSERT_COLUMNS:
-        if name != "scored_at":
+        if name not in ("scored_at", "behaviour_id"):
             assert got[name] == getattr(full, name), name
+    assert got["behaviour_id"] == behaviour_id(full) != rows["sparse"]["behaviour_id"]
     assert rows["sparse"]["user"] is None and rows["sparse"]["local_port"] is None
     assert rows["sparse"]["argv"] == [] and rows["sparse"]["reasons"] == []
     as_text = lambda t: datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")  # noqa: E731
