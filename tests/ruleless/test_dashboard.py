@@ -114,8 +114,9 @@ def scenario(now: float) -> dict[str, Any]:
 def system(topics: Settings, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """Sink, worker and `ruleless api` processes on the test's topics (tests/apistack.py);
     the API's URL and a token of org acme."""
-    ports = {"port": free_port(), "metrics_port": free_port()}
-    settings = topics.model_copy(update={"api": topics.api.model_copy(update=ports)})
+    api = topics.api.model_copy(update={"port": free_port(), "metrics_port": free_port()})
+    sink = topics.sink.model_copy(update={"behaviours_interval_s": 1.0})  # search sees new behaviours soon
+    settings = topics.model_copy(update={"api": api, "sink": sink})
     with pipeline(settings, tmp_path), api_process(settings, tmp_path) as url:
         yield {"settings": settings, "url": url, "token": token(settings, "acme"), "logs": tmp_path}
 
