@@ -718,7 +718,8 @@ function drawBars(svg, points, sx, sy, step) {
     let base = 0;
     for (const [n, fill] of [[ok, "var(--accent)"], [p.warn, "var(--warn)"], [p.alert, "var(--alert)"]]) {
       if (n <= 0) continue;
-      g.append(s("rect", { x, y: sy(base + n), width: bw, height: Math.max(0.5, sy(base) - sy(base + n)), fill, opacity: 0.85 }));
+      const height = Math.max(2, sy(base) - sy(base + n));  // a single alert stays visible
+      g.append(s("rect", { x, y: sy(base) - height, width: bw, height, fill, opacity: 0.85 }));
       base += n;
     }
     svg.append(g);
@@ -746,7 +747,8 @@ function renderHistogram(id, bins, th) {
     const mid = (b.lo + b.hi) / 2;
     const fill = mid >= th.alert ? "var(--alert)" : mid >= th.warn ? "var(--warn)" : "var(--ok)";
     const x = sx(b.lo) + 1, bw = Math.max(1, sx(b.hi) - sx(b.lo) - 2);
-    svg.append(s("rect", { x, y: sy(b.count), width: bw, height: Math.max(0, sy(0) - sy(b.count)), rx: 1, fill, opacity: 0.85 },
+    const height = b.count > 0 ? Math.max(2, sy(0) - sy(b.count)) : 0;  // rare high scores stay visible
+    svg.append(s("rect", { x, y: sy(0) - height, width: bw, height, rx: 1, fill, opacity: 0.85 },
       s("title", {}, `score ${b.lo.toFixed(2)}–${b.hi.toFixed(2)}: ${fmtNum(b.count)} events`)));
   }
   for (const [v, colour] of [[th.warn, "var(--warn)"], [th.alert, "var(--alert)"]]) {
@@ -805,6 +807,7 @@ function renderHits(hits) {
     return;
   }
   clear($("search-results"), hits.map((hit, i) => hitItem(hit, i + 1)));
+  $("search-query").textContent += ` · ${hits.length} behaviour${hits.length === 1 ? "" : "s"}, best first`;
 }
 
 function hitItem(hit, rank) {
@@ -862,7 +865,7 @@ function renderDrawer(d) {
     verdictSection(e, sev),
     section("Why it was flagged", reasonsList(listOf(pick(d, "reasons") ?? e.reasons ?? []))),
     section("Lineage", lineageView(e, pick(d, "lineage"))),
-    section("Nearest known behaviours of this workload", knownList(listOf(pick(d, "nearest_known", "nearest", "known") || [], "hits", "items"), "No learned behaviour is close.")),
+    section("Nearest known behaviours of this workload", knownList(listOf(pick(d, "nearest_known", "nearest", "known") || [], "hits", "items"), "None indexed yet (the sink indexes new behaviours every few seconds).")),
     section(`Usual arguments of ${programOf(e) || "this program"}`, knownList(usualArgs(d), "No history for this program here yet.")),
     section("Details", detailsList(e)));
 }
