@@ -180,12 +180,23 @@ def test_dashboard_shows_events_finds_the_reverse_shell_and_takes_feedback(
     page.locator(f'#alerts [data-event-id="{first.event_id}"]').wait_for(timeout=WAIT_MS)
     page.screenshot(path=str(artifacts / "02-events-and-alerts.png"))
 
-    # 2. One workload: learning state, charts and thresholds.
+    # 2. One workload: learning state, charts, and its thresholds overridden then reset.
     page.click('.wl-item[data-workload="web"]')
     page.wait_for_selector("#chart-volume svg", timeout=WAIT_MS)
     page.wait_for_selector("#chart-scores svg", timeout=WAIT_MS)
-    assert page.input_value("#th-alert") != ""
+    assert page.inner_text('.wl-item[data-workload="web"] .chip') in ("learning", "learned")
+    page.wait_for_function("document.getElementById('th-alert').value !== ''", timeout=WAIT_MS)
+    page.fill("#th-warn", "0.65")
+    page.fill("#th-alert", "0.85")
+    page.click("#thresholds button[type=submit]")
+    page.wait_for_function("document.getElementById('th-status').textContent.startsWith('saved')", timeout=WAIT_MS)
     page.screenshot(path=str(artifacts / "03-workload.png"), full_page=True)
+    web = "/api/workloads/acme/web/thresholds"
+    assert page.evaluate(f"fetch('{web}', {{headers: {{Authorization: 'Bearer ' + sessionStorage.getItem('ruleless.token')}}}})"
+                         ".then(r => r.json()).then(t => [t.source, t.effective.warn, t.effective.alert])") == ["override", 0.65, 0.85]
+    page.click("#th-reset")
+    page.wait_for_function("!document.getElementById('th-status').textContent.includes('override')"
+                           " && !document.getElementById('th-status').textContent.includes('…')", timeout=WAIT_MS)
 
     # 3. The drawer of the flagged certbot run, marked expected with one click.
     page.click(f'#alerts [data-event-id="{first.event_id}"]')
