@@ -154,7 +154,7 @@ def search_hits(page: Any, text: str, want: str | None, timeout: float = 60.0) -
 
 
 def test_dashboard_shows_events_finds_the_reverse_shell_and_takes_feedback(
-    system: dict[str, Any], browser: Any, artifacts: Path
+    browser: Any, artifacts: Path, system: dict[str, Any]
 ) -> None:
     settings, url = system["settings"], system["url"]
     story = scenario(time.time())
