@@ -963,7 +963,7 @@ function detailsList(e) {
 
 async function sendFeedback(e, label) {
   const status = $("feedback-status");
-  const buttons = document.querySelectorAll(".verdict-actions button");
+  const buttons = document.querySelectorAll(".verdict-actions button[data-label]");
   buttons.forEach((b) => { b.disabled = true; });
   status.className = "feedback-done muted";
   status.textContent = "sending…";
