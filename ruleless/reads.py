@@ -298,11 +298,16 @@ def bucket_for(span_s: float, most: int = 96) -> int:
     return next((b for b in BUCKETS_S if span_s / b <= most), BUCKETS_S[-1])
 
 
-def behaviour_events_sql(settings: Settings, scope: Scope, behaviour_ids: Sequence[str], workload: str | None = None) -> str:
-    """The latest event of each behaviour (search hits -> events)."""
+def behaviour_events_sql(settings: Settings, scope: Scope, behaviour_ids: Sequence[str], since: float | None = None,
+                         workload: str | None = None) -> str:
+    """The latest event of each behaviour (search hits -> events). ``since``: no
+    behaviour's latest event is older (the index's last_ts of the hits), which lets
+    ClickHouse skip older partitions. No FINAL: copies of an event are the same event."""
     cols = ", ".join(f"`{c}`" for c in LIST_COLUMNS)
     clauses = [f"behaviour_id IN ({', '.join(quote(b) for b in behaviour_ids)})"]
+    if since is not None:
+        clauses.append(f"ts >= {number(since)}")
     if workload is not None:
         clauses.append(f"workload = {quote(workload)}")
-    return (f"SELECT {cols} FROM {table_ref(settings.clickhouse)} FINAL WHERE {where(scope, clauses)} "
+    return (f"SELECT {cols} FROM {table_ref(settings.clickhouse)} WHERE {where(scope, clauses)} "
             "ORDER BY ts DESC LIMIT 1 BY behaviour_id")
