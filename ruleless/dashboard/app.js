@@ -40,6 +40,7 @@ function setAttrs(el, attrs) {
   for (const [k, v] of Object.entries(attrs || {})) {
     if (v === undefined || v === null || v === false) continue;
     if (k === "class") el.className = v;
+    else if (k === "style") Object.assign(el.style, v);  // CSSOM: allowed by the page's CSP
     else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
     else if (k === "dataset") Object.assign(el.dataset, v);
     else el.setAttribute(k, v === true ? "" : String(v));
@@ -131,7 +132,7 @@ function badge(sev) {
 function scoreCell(score, sev) {
   const pct = Math.round(Math.max(0, Math.min(1, Number(score) || 0)) * 100);
   const colour = sev === "alert" ? "var(--alert)" : sev === "warn" ? "var(--warn)" : "var(--ok)";
-  const bar = h("span", { class: "scorebar" }, h("span", { style: `width:${pct}%;background:${colour}` }));
+  const bar = h("span", { class: "scorebar" }, h("span", { style: { width: `${pct}%`, background: colour } }));
   return [h("span", { class: `score score-${sev}` }, fmtScore(score)), bar];
 }
 
@@ -523,7 +524,7 @@ function workloadItem(w, multiOrg) {
     learned !== undefined ? h("span", {}, `${fmtNum(learned)} behaviours`) : null,
     alerts ? h("span", { class: "wl-alerts", title: "warnings and alerts" }, `⚑ ${fmtNum(alerts)}`) : null),
   h("div", { class: `wl-bar${learning ? "" : " ready"}${progress === null ? " unknown" : ""}` },
-    h("span", { style: `width:${Math.round((progress ?? 1) * 100)}%` })));
+    h("span", { style: { width: `${Math.round((progress ?? 1) * 100)}%` } })));
 }
 
 function selectWorkload(w) {
@@ -902,7 +903,7 @@ function reasonsList(reasons) {
     h("li", { class: "reason" }, h("span", {}, r.text),
       r.weight === null ? h("span") : h("span", { class: "reason-weight", title: "contribution to the score" },
         h("span", { class: "mono" }, `+${r.weight.toFixed(2)}`),
-        h("div", { class: "reason-bar" }, h("span", { style: `width:${Math.round(Math.min(1, r.weight) * 100)}%` }))))));
+        h("div", { class: "reason-bar" }, h("span", { style: { width: `${Math.round(Math.min(1, r.weight) * 100)}%` } }))))));
 }
 
 // Ancestors come parent first (agent/ebpf.py); shown root first, ending at the event.

@@ -18,6 +18,7 @@ RULELESS_REQUIRE_BROWSER=1 (CI sets it): then it fails.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -156,6 +157,8 @@ def search_hits(page: Any, text: str, want: str | None, timeout: float = 60.0) -
 def test_dashboard_shows_events_finds_the_reverse_shell_and_takes_feedback(
     browser: Any, artifacts: Path, system: dict[str, Any]
 ) -> None:
+    from playwright.sync_api import expect
+
     settings, url = system["settings"], system["url"]
     story = scenario(time.time())
     shell, first, again = story["shell"], story["first"], story["again"]
@@ -165,13 +168,14 @@ def test_dashboard_shows_events_finds_the_reverse_shell_and_takes_feedback(
     page = browser.new_page(viewport={"width": 1440, "height": 900})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: "Content Security Policy" in msg.text and errors.append(msg.text))
 
     # 1. The token prompt, then the live table with the streamed events.
     page.goto(url + "/")
     page.wait_for_selector("#login-form", state="visible")
     page.fill("#token-input", "rl_forged_token")
     page.click("#login-form button[type=submit]")
-    page.wait_for_function("document.getElementById('login-error').textContent.includes('refused')")
+    expect(page.locator("#login-error")).to_contain_text("refused")
     page.screenshot(path=str(artifacts / "01-token-prompt.png"))
     sign_in(page, system["token"])
     page.locator(f'#events tr[data-event-id="{shell.event_id}"]').wait_for(timeout=WAIT_MS)
@@ -185,18 +189,17 @@ def test_dashboard_shows_events_finds_the_reverse_shell_and_takes_feedback(
     page.wait_for_selector("#chart-volume svg", timeout=WAIT_MS)
     page.wait_for_selector("#chart-scores svg", timeout=WAIT_MS)
     assert page.inner_text('.wl-item[data-workload="web"] .chip') in ("learning", "learned")
-    page.wait_for_function("document.getElementById('th-alert').value !== ''", timeout=WAIT_MS)
+    expect(page.locator("#th-alert")).not_to_have_value("", timeout=WAIT_MS)
     page.fill("#th-warn", "0.65")
     page.fill("#th-alert", "0.85")
     page.click("#thresholds button[type=submit]")
-    page.wait_for_function("document.getElementById('th-status').textContent.startsWith('saved')", timeout=WAIT_MS)
+    expect(page.locator("#th-status")).to_contain_text("saved", timeout=WAIT_MS)
     page.screenshot(path=str(artifacts / "03-workload.png"), full_page=True)
     web = "/api/workloads/acme/web/thresholds"
     assert page.evaluate(f"fetch('{web}', {{headers: {{Authorization: 'Bearer ' + sessionStorage.getItem('ruleless.token')}}}})"
                          ".then(r => r.json()).then(t => [t.source, t.effective.warn, t.effective.alert])") == ["override", 0.65, 0.85]
     page.click("#th-reset")
-    page.wait_for_function("!document.getElementById('th-status').textContent.includes('override')"
-                           " && !document.getElementById('th-status').textContent.includes('…')", timeout=WAIT_MS)
+    expect(page.locator("#th-status")).to_have_text(re.compile(r"^\((learned|config|default)\)$"), timeout=WAIT_MS)
 
     # 3. The drawer of the flagged certbot run, marked expected with one click.
     page.click(f'#alerts [data-event-id="{first.event_id}"]')
@@ -204,8 +207,7 @@ def test_dashboard_shows_events_finds_the_reverse_shell_and_takes_feedback(
     page.wait_for_selector("#d-body .reasons, #d-body .d-section p", timeout=WAIT_MS)
     page.screenshot(path=str(artifacts / "04-drawer.png"))
     page.click('#drawer button[data-label="expected"]')
-    page.wait_for_function("document.getElementById('feedback-status').textContent.startsWith('Marked expected')",
-                           timeout=WAIT_MS)
+    expect(page.locator("#feedback-status")).to_contain_text("Marked expected", timeout=WAIT_MS)
     page.screenshot(path=str(artifacts / "05-marked-expected.png"))
     page.click("#d-close")
 
