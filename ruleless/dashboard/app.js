@@ -422,14 +422,15 @@ async function refreshAlerts() {
   if (!list.childElementCount) clear(list, stateBox("loading", "Loading alerts…"));
   try {
     const resp = await api(`/api/alerts${query({ ...scopeParams(), limit: 50 })}`);
-    renderAlerts(listOf(resp, "alerts", "groups", "items"));
+    renderAlerts(listOf(resp, "alerts", "groups", "items"), pick(resp, "total_groups"));
   } catch (err) {
     if (err.status !== 401) clear(list, stateBox("error", "Could not load alerts", err.message));
   }
 }
 
-function renderAlerts(groups) {
-  $("alert-count").textContent = fmtNum(groups.length);
+function renderAlerts(groups, total) {
+  $("alert-count").textContent = fmtNum(total ?? groups.length);
+  $("alert-count").title = "behaviours with warnings or alerts";
   if (!groups.length) {
     clear($("alerts"), stateBox("empty", "All quiet", "No warnings or alerts in this view."));
     return;
