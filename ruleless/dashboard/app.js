@@ -343,7 +343,7 @@ function eventRow(e, fresh) {
     h("td", { class: "time", title: String(toDate(e.ts) || "") }, fmtTime(e.ts)),
     h("td", {}, badge(sev)),
     h("td", {}, scoreCell(e.score, sev)),
-    h("td", { class: "wl" }, e.workload, e.learning ? h("span", { class: "chip chip-learning", title: "baseline still learning" }, " learning") : null),
+    h("td", { class: "wl" }, state.me && state.me.admin ? `${e.org_id}/${e.workload}` : e.workload, e.learning ? h("span", { class: "chip chip-learning", title: "baseline still learning" }, " learning") : null),
     h("td", {}, e.host || "–"),
     h("td", {}, programOf(e)),
     h("td", { class: "cmd", title: e.cmdline || "" }, e.cmdline || ""));
