@@ -158,8 +158,9 @@ function programOf(e) {
   return pick(e, "process_name", "program") || "";
 }
 
-function workloadKey(w) {
-  return `${pick(w, "org_id", "org")}/${w.workload}`;
+// A workload as the caller knows it: an admin reads every org, so sees "org/workload".
+function shardName(org, workload) {
+  return state.me && state.me.admin && org ? `${org}/${workload || ""}` : workload || "";
 }
 
 /* ---------------------------------------------------------------- API */
@@ -343,7 +344,7 @@ function eventRow(e, fresh) {
     h("td", { class: "time", title: String(toDate(e.ts) || "") }, fmtTime(e.ts)),
     h("td", {}, badge(sev)),
     h("td", {}, scoreCell(e.score, sev)),
-    h("td", { class: "wl" }, state.me && state.me.admin ? `${e.org_id}/${e.workload}` : e.workload, e.learning ? h("span", { class: "chip chip-learning", title: "baseline still learning" }, " learning") : null),
+    h("td", { class: "wl" }, shardName(e.org_id, e.workload), e.learning ? h("span", { class: "chip chip-learning", title: "baseline still learning" }, " learning") : null),
     h("td", {}, e.host || "–"),
     h("td", {}, programOf(e)),
     h("td", { class: "cmd", title: e.cmdline || "" }, e.cmdline || ""));
@@ -451,7 +452,7 @@ function alertCard(g) {
       h("span", { class: "alert-count", title: "events in this group" }, `×${fmtNum(pick(g, "count") ?? 1)}`)),
     h("div", { class: "alert-cmd", title: cmd }, cmd),
     h("div", { class: "alert-meta" },
-      h("span", {}, `${pick(g, "workload") || sample.workload || ""}`),
+      h("span", {}, shardName(pick(g, "org_id") || sample.org_id, pick(g, "workload") || sample.workload)),
       h("span", {}, programOf(sample) || pick(g, "process_name") || ""),
       h("span", { title: String(toDate(pick(g, "last", "last_ts", "last_seen")) || "") }, `last ${fmtAgo(pick(g, "last", "last_ts", "last_seen"))}`)),
     h("div", { class: "alert-meta" }, hosts.slice(0, 4).map((x) => h("span", { class: "host-chip" }, x)),
@@ -821,7 +822,7 @@ function hitItem(hit, rank) {
     h("div", {},
       h("div", { class: "hit-cmd" }, e.cmdline),
       h("div", { class: "hit-meta" },
-        h("span", {}, `${e.workload || ""}`), h("span", { class: "host-chip" }, e.host || "–"),
+        h("span", {}, shardName(e.org_id, e.workload)), h("span", { class: "host-chip" }, e.host || "–"),
         h("span", {}, programOf(e)), h("span", {}, fmtTime(e.ts)),
         pick(hit, "count") !== undefined ? h("span", {}, `seen ×${fmtNum(hit.count)}`) : null)),
     h("div", { class: "hit-side" }, h("span", {}, badge(sev), " ", h("span", { class: `score score-${sev}` }, fmtScore(e.score))),
