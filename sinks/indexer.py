@@ -118,11 +118,18 @@ class BehaviourIndexer:
         while not self._stop.wait(interval):
             try:
                 self.run_once()
+            except ImportError as exc:
+                # (the model's package is installed apart, --no-deps: see the Makefile)
+                log.error("behaviour index disabled: the embedding model cannot be loaded: %s", exc)
+                return
             except (RulelessError, OSError, ValueError, RuntimeError, pa.ArrowException) as exc:
                 # The index lags behind until the next pass; the events themselves are safe.
                 log.warning("behaviour index pass failed (retrying in %.0fs): %s", interval, exc)
 
-    def close(self, timeout: float = 30.0) -> None:
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop after the pass in flight, waiting at most ``timeout`` (the thread is a
+        daemon: a pass cut short by the process ending moved no watermark, and LanceDB
+        commits a write whole or not at all, so the next start redoes it)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)

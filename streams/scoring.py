@@ -32,7 +32,7 @@ from schemas.events import RawEvent, ScoredEvent
 from streams.algorithm import Changes
 from streams.engine import Engine
 from streams.priors import STORED_WHERE, OrgPriors, key_hashes
-from streams.store import OFFLINE, Position, ShardStore, Stored, claim_key
+from streams.store import OFFLINE, Position, ShardStore, Stored, claim_key, group_table
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +256,15 @@ class ScoringService:
             self.store.write(self.algorithm, group, shards)
             written += len(shards)
         return written
+
+    def compact(self) -> int:
+        """Fold change logs and compact the tables written since the last call; with a
+        fence, only those of partitions whose claim is still this worker's."""
+        if self.fence is None:
+            return self.store.compact()
+        holding = self.store.holds(self.fence.held, self.fence.owner)
+        mine = {group_table(self.algorithm, group) for group in holding}
+        return self.store.compact(keep=mine.__contains__)
 
     def take_fenced(self) -> list[str]:
         """Shards whose changes a write refused (their partition has a newer owner)."""

@@ -56,7 +56,7 @@ from schemas.errors import DecodeError, ServiceError, ShardUnreadable
 from schemas.events import DeadLetter, RawEvent, ScoredEvent, dead_letter, decode, decode_feedback, encode
 from streams import faust_transport
 from streams.scoring import PendingWrite, ScoringService
-from streams.store import Position, position_source
+from streams.store import Position, ShardStore, position_source
 from streams.thresholds import ThresholdOverrides
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,9 @@ class ScoringAgent:
         self.settings = settings
         self.app = app
         self.metrics = metrics
-        self.service = ScoringService(settings)
+        # A change log per partition: a flush appends what changed, compaction folds it.
+        store = ShardStore(settings.lancedb.uri, settings.lancedb.cache_mib, change_log=True)
+        self.service = ScoringService(settings, store)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lancedb")
         # Delivery reports of failures only: _delivered has nothing to do for a success,
@@ -424,7 +426,7 @@ class ScoringAgent:
     async def _compact(self) -> None:
         """(maintenance, after the acks: it does not hold them up)"""
         try:
-            tables = await asyncio.get_running_loop().run_in_executor(self.writer, self.service.store.compact)
+            tables = await asyncio.get_running_loop().run_in_executor(self.writer, self.service.compact)
         except Exception:
             self.failed = True
             raise

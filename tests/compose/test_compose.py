@@ -30,7 +30,7 @@ DOCKERFILE = ROOT / "compose" / "Dockerfile"
 SCHEMA = Path(__file__).with_name("compose-spec.json")
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 # Long-running ruleless commands and the settings section holding their metrics port.
-PORTS = {"worker": "worker", "sink": "sink", "agent": "agent"}
+PORTS = {"worker": "worker", "sink": "sink", "agent": "agent", "api": "api"}
 
 
 def compose() -> dict[str, Any]:
@@ -84,8 +84,10 @@ def test_every_ruleless_service_command_and_environment_is_accepted(monkeypatch:
         command.make_context(args[0], list(args[1:]))  # raises on an unknown option or value
         settings = service_settings(svc, monkeypatch)
         assert settings.kafka.bootstrap == "kafka:9092" and settings.topics.partitions == 12
-        if args[0] == "sink":
+        if args[0] in ("sink", "api"):
             assert settings.clickhouse.backend == "server" and settings.clickhouse.url == "http://clickhouse:8123"
+        if args[0] == "api":  # (reads the server, not a sink's embedded store)
+            assert settings.api.query_source == "server" and settings.api.tokens_file
 
 
 def test_healthchecks_ask_readiness_on_each_process_metrics_port(monkeypatch: pytest.MonkeyPatch) -> None:

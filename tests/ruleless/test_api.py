@@ -28,8 +28,9 @@ from tests.processes import RULELESS
 pytestmark = pytest.mark.integration
 
 ALPHA, BRAVO = "alpha", "bravo"
-# What only bravo's events contain: none of it may ever reach alpha.
-BRAVO_MARKERS = (BRAVO, "10.6.6.6", "bravo-ledger")
+# What only bravo's events contain (its org name, a workload alpha does not have, an
+# address and a word in its command lines): none of it may ever reach alpha.
+BRAVO_MARKERS = (BRAVO, "payments", "10.6.6.6", "bravo-ledger")
 
 
 def planted(org: str, **fields: Any) -> RawEvent:
@@ -49,6 +50,8 @@ def org_events(org: str, seed: int) -> dict[str, Any]:
                      user="root", uid=0, cmdline=f"python3 -c import pty;pty.spawn('/bin/sh') # {'bravo-ledger' if org == BRAVO else 'ops'}")
              for i in range(3)]
     routine = list(workload_stream(org, "web", "web", 400, seed=seed)) + list(workload_stream(org, "db", "db", 200, seed=seed))
+    if org == BRAVO:
+        routine += list(workload_stream(org, "payments", "cron", 100, seed=seed))
     return {"routine": routine, "shell": shell, "parent": parent, "certbot": certbot, "burst": burst,
             "all": routine + [parent, shell, *burst, certbot]}
 
@@ -162,8 +165,11 @@ def test_org_a_reads_nothing_of_org_b_on_any_endpoint(stack: dict[str, Any]) -> 
         {"event_id": alpha["certbot"].event_id, "org": ALPHA, "workload": "db"},
         {"event_id": bravo["shell"].event_id, "org": BRAVO, "workload": "web"},
         {"event_id": bravo["certbot"].event_id, "org": BRAVO, "workload": "db"},
+        {"event_id": bravo["routine"][-1].event_id, "org": BRAVO, "workload": "payments"},
+        {"event_id": "x' OR org_id = 'bravo", "org": "alpha' OR '1'='1", "workload": "web' OR org_id = 'bravo"},
     ]
     queries = [{}, {"org": BRAVO}, {"limit": 500}, {"workload": "web", "host": "web-1"}, {"q": "10.6.6.6"},
+               {"workload": "web' OR org_id = 'bravo' OR '"}, {"q": "\\' OR 1=1) OR org_id = 'bravo' --"},
                {"q": "bash"}, {"program": "python3"}, {"severity": "warn,alert"}, {"since": "2026-01-01T00:00:00"}]
     seen: dict[tuple[str, str], list[int]] = {}
     bodies_seen = search_hits = 0
@@ -200,7 +206,7 @@ def test_org_a_reads_nothing_of_org_b_on_any_endpoint(stack: dict[str, Any]) -> 
     assert stats["volume"]["events"] == truth["web"]
     assert sum(b["count"] for b in stats["score_histogram"]) == truth["web"]
     # Bravo's own token sees bravo; the admin's sees both, or one when it names it.
-    assert {w["org_id"] for w in get(stack, "/api/workloads", who="b")["workloads"]} == {BRAVO}
+    assert {w["workload"] for w in get(stack, "/api/workloads", who="b")["workloads"]} == {"web", "db", "payments"}
     assert {w["org_id"] for w in get(stack, "/api/workloads", who="admin")["workloads"]} == {ALPHA, BRAVO}
     assert {w["org_id"] for w in get(stack, "/api/workloads", who="admin", org=BRAVO)["workloads"]} == {BRAVO}
 

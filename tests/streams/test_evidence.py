@@ -274,3 +274,22 @@ def pure_evidence():  # type: ignore[no-untyped-def]
     algorithm._REGISTRY.update(registered)
     assert module.__file__.endswith(".py") and algorithm._REGISTRY["evidence"] is evidence.EvidenceAlgorithm
     return module
+
+
+def test_the_score_window_survives_packing_sparse_or_dense_and_older_encodings() -> None:
+    import base64
+    import random
+    import zlib
+    from array import array
+
+    from streams.evidence import _pack_scores, _unpack_scores
+
+    rng = random.Random(5)
+    for length, density in ((4096, 0.03), (4096, 0.0), (4096, 0.9), (257, 0.4), (1, 1.0), (0, 0.0)):
+        window = array("H", [rng.randrange(1, 1001) if rng.random() < density else 0 for _ in range(length)])
+        packed = _pack_scores(window)
+        assert _unpack_scores(packed) == window
+        assert len(packed) <= len(base64.b64encode(window.tobytes())) + 16, "never much larger than the raw window's base64"
+    old = array("H", [0, 5, 0, 900])
+    assert _unpack_scores("~" + base64.b64encode(zlib.compress(old.tobytes())).decode()) == old
+    assert _unpack_scores(base64.b64encode(old.tobytes()).decode()) == old

@@ -117,3 +117,87 @@ def test_shards_of_the_one_table_per_shard_layout_are_moved_into_their_group_onc
     assert skipped == 50, "the moved positions are trusted"
     assert got + [s.score for s in scored] == expected
     assert not [n for n in db.list_tables().tables if not n.startswith(("shards.", "_"))], "the old tables are dropped"
+
+
+def logged(path: Path, **engine: object) -> ScoringService:
+    """A stream worker's store: flushes append to each group's change log."""
+    settings = load_settings(lancedb={"uri": str(path)}, engine={"algorithm": "evidence", **engine})
+    return ScoringService(settings, ShardStore(str(path), change_log=True))
+
+
+def stored_rows(path: Path, svc: ScoringService, keys: list[str]) -> dict[str, tuple[object, list[dict]]]:
+    found = ShardStore(str(path)).load(svc.algorithm, "raw/0", keys)
+    return {k: (s.position, s.table.sort_by("key").to_pylist()) for k, s in found.items()}
+
+
+def test_a_change_log_store_holds_what_a_merging_store_holds_before_and_after_folding(tmp_path: Path) -> None:
+    """Issue 17: appending each flush and folding at compaction stores exactly what
+    merging every flush stores — rows, positions, and expired rows gone — and a new
+    owner scores on from it exactly as from the merged one."""
+    from streams.store import DELTA_PREFIX, Position
+
+    import msgspec
+
+    from tests.factories import WORKLOADS, workload_stream
+
+    # ~7 days of events, 1.5 days' retention: each shard runs one kind of workload for
+    # the first days and another after, so expiry deletes rows at a day boundary.
+    first, then = list(WORKLOADS)[:2]
+    events = [e for w in ("a", "b") for e in workload_stream("org0", w, first, 300, 3)]
+    events += [e for w in ("a", "b") for e in workload_stream("org0", w, then, 700, 3)]
+    events = [msgspec.structs.replace(e, ts=e.ts + i * 300.0) for i, e in enumerate(events)]
+    events.sort(key=lambda e: e.ts)
+    positions = [Position("raw/0", i) for i in range(len(events))]
+    keys = sorted({e.shard_key for e in events})
+    settings = load_settings(engine={"algorithm": "evidence", "retention_days": 1.5})
+    half = len(events) // 2
+    stores = {}
+    for name, change_log in (("merged", False), ("logged", True)):
+        path = tmp_path / name
+        svc = ScoringService(settings.model_copy(update={"lancedb": settings.lancedb.model_copy(update={"uri": str(path)})}),
+                             ShardStore(str(path), change_log=change_log))
+        for i in range(0, half, 100):
+            for e in events[i : i + 100]:
+                svc.partition_of[e.shard_key] = "raw/0"
+            svc.score_new(events[i : i + 100], positions[i : i + 100])
+            svc.flush()
+        stores[name] = (path, svc)
+    (merged_path, merged), (log_path, log) = stores["merged"], stores["logged"]
+    delta = log.store._open(DELTA_PREFIX + group_table(log.algorithm, "raw/0"))
+    assert delta is not None and delta.count_rows() > 0, "flushes were appended"
+    assert log.store._open(group_table(log.algorithm, "raw/0")) is not None, "expiry folded and merged"
+    assert stored_rows(log_path, log, keys) == stored_rows(merged_path, merged, keys)
+    assert log.compact() == 1
+    assert log.store._open(DELTA_PREFIX + group_table(log.algorithm, "raw/0")).count_rows() == 0, "compaction folded the log"
+    assert stored_rows(log_path, log, keys) == stored_rows(merged_path, merged, keys)
+
+    def scores_after(path: Path) -> list[float]:
+        svc = ScoringService(settings.model_copy(update={"lancedb": settings.lancedb.model_copy(update={"uri": str(path)})}))
+        for e in events:
+            svc.partition_of[e.shard_key] = "raw/0"
+        scored, skipped = svc.score_new(events[half:], positions[half:])
+        return [s.score for s in scored]
+
+    assert scores_after(log_path) == scores_after(merged_path)
+
+
+def test_a_fold_interrupted_between_its_two_commits_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    from streams.store import DELTA_PREFIX, Position
+
+    svc = logged(tmp_path)
+    events = fleet_stream(pairs=2, per_pair=300, seed=4)
+    positions = [Position("raw/0", i) for i in range(len(events))]
+    for e in events:
+        svc.partition_of[e.shard_key] = "raw/0"
+    for i in range(0, len(events), 150):
+        svc.score_new(events[i : i + 150], positions[i : i + 150])
+        svc.flush()
+    keys = sorted({e.shard_key for e in events})
+    before = stored_rows(tmp_path, svc, keys)
+    name = group_table(svc.algorithm, "raw/0")
+    delta = svc.store._open(DELTA_PREFIX + name)
+    svc.store._merge(name, __import__("streams.store", fromlist=["_newest"])._newest(delta.to_arrow()), "")  # the fold's first commit only
+    assert stored_rows(tmp_path, svc, keys) == before
+    svc.store._fold(name)
+    assert stored_rows(tmp_path, svc, keys) == before
+    assert svc.store._open(DELTA_PREFIX + name).count_rows() == 0
