@@ -169,6 +169,8 @@ def test_dashboard_shows_events_finds_the_reverse_shell_and_takes_feedback(
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("console", lambda msg: "Content Security Policy" in msg.text and errors.append(msg.text))
+    foreign: list[str] = []  # nothing from a CDN: every request goes to the API's own origin
+    page.on("request", lambda req: req.url.startswith((url + "/", "data:")) or foreign.append(req.url))
 
     # 1. The token prompt, then the live table with the streamed events.
     page.goto(url + "/")
@@ -229,3 +231,4 @@ def test_dashboard_shows_events_finds_the_reverse_shell_and_takes_feedback(
     assert shell.event_id in ids[:3], f"planted reverse shell {shell.event_id} not in the top 3 of {ids}"
 
     assert not errors, f"errors in the page: {errors}"
+    assert not foreign, f"requests beyond {url}: {foreign}"
