@@ -21,6 +21,7 @@ const state = {
   nextCursor: null,
   timers: [],
   openEventId: null,
+  verdicts: {},            // event id -> label given in this tab (shown on the feed)
   gen: 0,                  // bumped when filters change: older answers are dropped
   polling: false,
 };
@@ -339,7 +340,7 @@ function renderEvents(initial) {
 
 function eventRow(e, fresh) {
   const sev = severityOf(e);
-  const cls = `sev-${sev}${fresh ? " fresh" : ""}`;
+  const cls = `sev-${sev}${fresh ? " fresh" : ""}${state.openEventId === eventId(e) ? " selected" : ""}`;
   return h("tr", { class: cls, dataset: { eventId: eventId(e) }, ...opens(() => openDrawer(eventId(e), e)) },
     h("td", { class: "time", title: String(toDate(e.ts) || "") }, fmtTime(e.ts)),
     h("td", {}, badge(sev)),
@@ -446,9 +447,11 @@ function alertCard(g) {
   const hosts = listOf(pick(g, "hosts") || []);
   const cmd = sample.cmdline || pick(g, "cmdline", "behaviour") || "";
   const id = eventId(sample) || pick(g, "event_id", "sample_event_id");
-  return h("li", { class: `alert-card sev-${sev}`, dataset: { eventId: id || "" }, ...opens(() => id && openDrawer(id, sample)) },
+  const verdict = state.verdicts[id];
+  return h("li", { class: `alert-card sev-${sev}${verdict ? " judged" : ""}`, dataset: { eventId: id || "" }, ...opens(() => id && openDrawer(id, sample)) },
     h("div", { class: "alert-top" },
-      h("span", {}, badge(sev), " ", h("span", { class: "score score-" + sev }, fmtScore(score))),
+      h("span", {}, badge(sev), " ", h("span", { class: "score score-" + sev }, fmtScore(score)),
+        verdict ? h("span", { class: `chip verdict-${verdict}`, title: "your verdict, sent from this tab" }, verdict) : null),
       h("span", { class: "alert-count", title: "events in this group" }, `×${fmtNum(pick(g, "count") ?? 1)}`)),
     h("div", { class: "alert-cmd", title: cmd }, cmd),
     h("div", { class: "alert-meta" },
@@ -973,6 +976,8 @@ async function sendFeedback(e, label) {
   try {
     const note = ($("feedback-note") || {}).value || "";
     await api("/api/feedback", { method: "POST", body: { event_id: eventId(e), label, note } });
+    state.verdicts[eventId(e)] = label;
+    refreshAlerts();
     status.className = "feedback-done";
     status.textContent = label === "expected"
       ? "Marked expected — the workload learns this behaviour; its next runs score lower."
