@@ -26,8 +26,10 @@ from sinks.clickhouse import COLUMNS, table_ref
 
 # The events table has a behaviour_id column once the search part is in (issue 16).
 HAS_BEHAVIOUR_ID = any(c.name == "behaviour_id" for c in COLUMNS)
-# What makes two events "the same behaviour" in a GROUP BY.
-BEHAVIOUR_KEY = "behaviour_id" if HAS_BEHAVIOUR_ID else "concat(process_name, ' ', cmdline)"
+# What makes two events "the same behaviour" in a GROUP BY (rows written before the
+# column existed have it empty: their program and command line then).
+_PLAIN_KEY = "concat(process_name, ' ', cmdline)"
+BEHAVIOUR_KEY = f"if(behaviour_id != '', behaviour_id, {_PLAIN_KEY})" if HAS_BEHAVIOUR_ID else _PLAIN_KEY
 
 # An event as lists show it (no argv: the cmdline says it).
 LIST_COLUMNS: tuple[str, ...] = (
@@ -298,16 +300,18 @@ def bucket_for(span_s: float, most: int = 96) -> int:
     return next((b for b in BUCKETS_S if span_s / b <= most), BUCKETS_S[-1])
 
 
-def behaviour_events_sql(settings: Settings, scope: Scope, behaviour_ids: Sequence[str], since: float | None = None,
-                         workload: str | None = None) -> str:
-    """The latest event of each behaviour (search hits -> events). ``since``: no
-    behaviour's latest event is older (the index's last_ts of the hits), which lets
-    ClickHouse skip older partitions. No FINAL: copies of an event are the same event."""
+def behaviour_events_sql(settings: Settings, scope: Scope, behaviours: Sequence[tuple[str, str]],
+                         since: float | None = None) -> str:
+    """The latest event of each behaviour (search hits -> events), given as (workload,
+    behaviour_id) pairs: the workloads let ClickHouse read only their part of the table
+    (its sort key starts with org_id, workload), ``since`` (no behaviour's latest event is
+    older: the oldest hit's last time) only the partitions after it. No FINAL: copies of
+    an event are the same event."""
     cols = ", ".join(f"`{c}`" for c in LIST_COLUMNS)
-    clauses = [f"behaviour_id IN ({', '.join(quote(b) for b in behaviour_ids)})"]
+    workloads = sorted({w for w, _ in behaviours})
+    clauses = [f"workload IN ({', '.join(quote(w) for w in workloads)})",
+               f"behaviour_id IN ({', '.join(quote(b) for _, b in behaviours)})"]
     if since is not None:
         clauses.append(f"ts >= {number(since)}")
-    if workload is not None:
-        clauses.append(f"workload = {quote(workload)}")
     return (f"SELECT {cols} FROM {table_ref(settings.clickhouse)} WHERE {where(scope, clauses)} "
             "ORDER BY ts DESC LIMIT 1 BY behaviour_id")

@@ -187,6 +187,8 @@ class SinkSettings(BaseModel):
     behaviours: bool = True
     behaviours_interval_s: float = Field(5.0, gt=0)
     behaviours_nice: int = Field(10, ge=0, le=19)
+    # Share of one core the indexer's embedding may use (it rests the remaining time).
+    behaviours_cpu: float = Field(0.2, gt=0, le=1)
 
 
 class AlertRoute(BaseModel):

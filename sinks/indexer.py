@@ -21,14 +21,18 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
 from ruleless.settings import Settings
 from schemas.errors import RulelessError
 from sinks.clickhouse import Backend
+from ruleless.embedding import embed
 from streams.behaviours import BehaviourIndex, BehaviourRow
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,37 @@ log = logging.getLogger(__name__)
 STATE_TABLE = "behaviours_state"
 SETTLE_S = 2.0
 _KEY = "inserted_at_watermark_us"
+
+
+class Throttled:
+    """An embedder that works at most ``share`` of the time: it embeds ``STEP`` texts,
+    then rests ``(1 / share - 1)`` times as long as that took. Measured on the 2-core
+    machine: an indexer embedding flat out (nice 10, one BLAS thread, on the other core)
+    slowed the engine by 25 % (shared caches and memory bandwidth, which niceness does not
+    share out); a new behaviour is rare once workloads are learned, so the index can
+    take its time."""
+
+    STEP = 32
+
+    def __init__(self, embedder: Callable[[Sequence[str]], Any], share: float, stop: threading.Event | None = None) -> None:
+        self.embedder = embedder
+        self.share = share
+        # Set, the rest ends at once and the pass is abandoned (a prompt shutdown).
+        self.stop = stop or threading.Event()
+
+    def __call__(self, texts: Sequence[str]) -> Any:
+        parts = []
+        for i in range(0, max(1, len(texts)), self.STEP):
+            started = time.perf_counter()
+            parts.append(self.embedder(texts[i : i + self.STEP]))
+            rest = (time.perf_counter() - started) * (1.0 / self.share - 1.0) if self.share < 1.0 else 0.0
+            if self.stop.wait(rest):
+                raise Stopped("the sink is stopping")
+        return np.concatenate(parts)
+
+
+class Stopped(Exception):
+    """A pass abandoned because the sink stops (its watermark was not moved)."""
 
 
 def grouped_sql(table: str, since_us: int, until_us: int) -> str:
@@ -56,8 +91,10 @@ class BehaviourIndexer:
     def __init__(self, settings: Settings, backend: Backend, index: BehaviourIndex | None = None) -> None:
         self.settings = settings
         self.backend = backend
-        self.index = index or BehaviourIndex(settings.lancedb.uri)
         self._stop = threading.Event()
+        self.index = index or BehaviourIndex(
+            settings.lancedb.uri, embedder=Throttled(embed, settings.sink.behaviours_cpu, self._stop)
+        )
         self._thread: threading.Thread | None = None
         self.passes = 0
         self.indexed = 0
@@ -118,6 +155,8 @@ class BehaviourIndexer:
         while not self._stop.wait(interval):
             try:
                 self.run_once()
+            except Stopped:
+                return
             except ImportError as exc:
                 # (the model's package is installed apart, --no-deps: see the Makefile)
                 log.error("behaviour index disabled: the embedding model cannot be loaded: %s", exc)
@@ -137,11 +176,13 @@ class BehaviourIndexer:
 
 
 def lower_priority(nice: int) -> None:
-    """This thread at niceness ``nice`` (Linux: a thread id is a process id to
+    """This thread ``nice`` steps below the process's niceness (Linux: a thread id is a process id to
     setpriority) and BLAS on one thread (the sink runs no other numpy work)."""
     threadpool_limits(limits=1, user_api="blas")
     if nice:
         try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+            me = threading.get_native_id()
+            # (relative: a sink started under `nice` keeps its indexer below itself)
+            os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + nice))
         except OSError as exc:
             log.warning("behaviour indexer keeps normal priority: %s", exc)

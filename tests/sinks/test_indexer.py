@@ -86,3 +86,25 @@ def test_a_planted_reverse_shell_is_found_by_intent_and_the_index_survives_a_res
             time.sleep(3)
             assert [h.count for h in top({org}) if h.exemplar == REVERSE_SHELL] == [2], again
     assert "behaviour index: " in (tmp_path / "sink.log").read_text()
+
+
+def test_the_indexer_embeds_a_share_of_the_time_and_stops_at_once() -> None:
+    import threading
+
+    import numpy as np
+
+    from sinks.indexer import Stopped, Throttled
+
+    def slow(texts):  # type: ignore[no-untyped-def]
+        time.sleep(0.02)
+        return np.zeros((len(texts), 384), np.float32)
+
+    started = time.perf_counter()
+    assert Throttled(slow, 0.5)(["x"] * 64).shape == (64, 384)  # two steps of 32
+    assert time.perf_counter() - started >= 0.075  # each rested as long as it worked
+    stop = threading.Event()
+    stop.set()
+    started = time.perf_counter()
+    with pytest.raises(Stopped):
+        Throttled(slow, 0.01, stop)(["x"] * 1000)
+    assert time.perf_counter() - started < 0.5
