@@ -188,16 +188,9 @@ class BehaviourRow:
 
 
 @dataclass(frozen=True)
-class BehaviourHit:
-    org_id: str
-    workload: str
-    behaviour_id: str
-    exemplar: str
-    process_name: str
-    count: int
-    first_ts: float
-    last_ts: float
-    max_score: float
+class BehaviourHit(BehaviourRow):
+    """A behaviour found by a search, with how similar it is to what was asked (0..1)."""
+
     similarity: float
 
 
