@@ -396,7 +396,13 @@ class SpooledPublisher:
         while todo:
             if producer is None:
                 producer = self._new_producer()
-            acked, error = self._send(producer, todo)
+            try:
+                acked, error = self._send(producer, todo)
+            except KafkaException as exc:
+                # A fatal producer error (a restarted broker without the session's
+                # idempotence state: "out of order sequence number") surfaces from poll():
+                # a fresh producer resends the batch (copies are removed by event_id).
+                acked, error = set(), str(exc)
             self.delivered += len(acked)
             if len(acked) == len(todo):
                 self._recovered()
