@@ -26,6 +26,10 @@ class WorkerMetrics:
             inst.scores = Histogram("ruleless_worker_score", "Scores given", buckets=_SCORE_BUCKETS)
             inst.batch_seconds = Histogram("ruleless_worker_batch_seconds", "Time to score and publish one micro-batch")
             inst.shards = Gauge("ruleless_worker_shards", "Shards held in memory")
+            inst.flush_interval = Gauge(
+                "ruleless_worker_flush_interval_seconds",
+                "Time between timed LanceDB flushes (lancedb.flush_interval_s, stretched by lancedb.flush_share)",
+            )
             inst.already_learned = Counter(
                 "ruleless_worker_already_learned_total",
                 "Re-delivered raw events skipped because their shard had already learned them",

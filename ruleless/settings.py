@@ -123,6 +123,16 @@ class LanceSettings(BaseModel):
     uri: str = "data/lancedb"
     # Dirty shards are written at most this often; offsets are committed only after.
     flush_interval_s: float = Field(2.0, gt=0)
+    # A worker's flush snapshot (taking every changed shard's rows, on the scoring
+    # thread) may use at most this share of the time between flushes: a worker holding
+    # thousands of changed shards flushes less often (each flush costs per shard, not
+    # per event), never less often than flush_interval_max_s. At 10,000 shards and
+    # 5,000 events/s a 2 s interval spent a quarter of the scoring thread on snapshots
+    # and the worker fell behind (issue 17).
+    flush_share: float = Field(0.05, gt=0, le=1)
+    flush_interval_max_s: float = Field(30.0, gt=0)
+    # Shards whose changes a flush takes at a time, scoring going on in between.
+    snapshot_slice_shards: int = Field(1000, ge=1)
     # Prune expired behaviours and merge each group table's small files. Every flush's
     # merge leaves a file and deletions behind: with 5 minutes between compactions a
     # 1,000-shard worker's RSS grew ~140 MiB in a probe, with 1 minute it stayed flat.

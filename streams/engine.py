@@ -170,13 +170,15 @@ class Engine:
             shard = self.shards[event.shard_key] = self.algorithm.new_shard()
         shard.feedback(event, label)
 
-    def take_changes(self) -> dict[str, Changes]:
-        """Per-shard rows to persist since the last call (only shards with changes)."""
+    def take_changes(self, keys: Iterable[str] | None = None) -> dict[str, Changes]:
+        """Per-shard rows to persist since the last call (only shards with changes), of
+        every shard or of those of ``keys`` still held."""
+        shards = self.shards if keys is None else {k: self.shards[k] for k in keys if k in self.shards}
         in_bulk = getattr(self.algorithm, "take_changes", None)
         if in_bulk is not None:
-            return {key: c for key, c in in_bulk(self.shards).items() if not c.empty}
+            return {key: c for key, c in in_bulk(shards).items() if not c.empty}
         out = {}
-        for key, shard in self.shards.items():
+        for key, shard in shards.items():
             changes = shard.take_changes()
             if not changes.empty:
                 out[key] = changes

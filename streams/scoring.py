@@ -68,6 +68,16 @@ class PendingWrite:
     def __len__(self) -> int:
         return len(self.changes)
 
+    @classmethod
+    def joined(cls, parts: Sequence["PendingWrite"]) -> "PendingWrite":
+        """One snapshot of several taken one after the other over disjoint shards."""
+        out = cls({}, {}, {})
+        for part in parts:
+            out.changes.update(part.changes)
+            out.positions.update(part.positions)
+            out.groups.update(part.groups)
+        return out
+
 
 class ScoringService:
     def __init__(self, settings: Settings, store: ShardStore | None = None, engine: Engine | None = None):
@@ -236,12 +246,12 @@ class ScoringService:
             self._saved_priors_day = engine.priors_day
         return written
 
-    def take_changes(self) -> PendingWrite:
+    def take_changes(self, keys: Iterable[str] | None = None) -> PendingWrite:
         """Snapshot what changed since the last call (in memory, fast): each changed
-        shard's rows and the position they include. Write it with :meth:`write` — on
-        another thread if scoring must go on meanwhile; snapshots must be written in
-        the order they were taken."""
-        changes = self.engine.take_changes()
+        shard's rows and the position they include, of every shard or of ``keys``.
+        Write it with :meth:`write` — on another thread if scoring must go on
+        meanwhile; snapshots must be written in the order they were taken."""
+        changes = self.engine.take_changes(keys)
         return PendingWrite(changes, {key: self.positions.get(key) for key in changes}, {key: self.group_of(key) for key in changes})
 
     def claim(self, sources: list[str], owner: str) -> None:

@@ -133,6 +133,9 @@ class ScoringAgent:
         # One LanceDB write at a time, so snapshots land in the order they were taken.
         self._write_lock = asyncio.Lock()
         self._last_maintenance = time.monotonic()
+        self._last_flush = time.monotonic()
+        # The time between timed flushes, stretched when snapshots grow (see _pace).
+        self.flush_every = settings.lancedb.flush_interval_s
         # Set when a batch or a write failed: nothing after it may be flushed or acked.
         self.failed = False
         # The raw topic's id, read at every assignment (see ruleless.kafka.topic_incarnation).
@@ -355,21 +358,60 @@ class ScoringAgent:
 
     # -- flushing ----------------------------------------------------------------------
 
+    def flush_due(self) -> bool:
+        """True when the timer's next flush should run (see _pace)."""
+        return time.monotonic() - self._last_flush >= self.flush_every - 0.01
+
+    def _pace(self, snapshot_s: float) -> None:
+        """Space timed flushes so that taking snapshots costs at most
+        ``lancedb.flush_share`` of the scoring thread: a snapshot's cost follows the
+        number of changed shards, so 10,000 of them flushed every 2 s left the worker
+        behind its input. Outputs are published as events are scored, so flushing less
+        often delays acks and commits (a crash re-reads more), not results."""
+        lance = self.settings.lancedb
+        every = max(lance.flush_interval_s, snapshot_s / lance.flush_share)
+        self.flush_every = min(every, max(lance.flush_interval_max_s, lance.flush_interval_s))
+        self.metrics.flush_interval.set(self.flush_every)
+
     async def flush(self) -> None:
         """Snapshot the learning, write it to LanceDB (scoring goes on meanwhile), then
-        ack everything scored before the snapshot."""
+        ack everything scored before the snapshot began."""
         async with self._write_lock:
             async with self._lock:
                 if self.failed:
                     return
-                pending, compact = await self._engine(self._snapshot)
-                snapped = time.monotonic()
+                keys, compact = await self._engine(self._begin_snapshot)
+                snapped = self._last_flush = time.monotonic()
                 done, self._pending = self._pending, []
+            pending = await self._take_in_slices(keys)
+            if pending is None:
+                return
             fenced = await self._write(pending, done, compact)
             if fenced:
                 async with self._lock:
                     await self._engine(self.service.evict, fenced)
             await self._evict_idle(snapped)
+
+    async def _take_in_slices(self, keys: list[str]) -> PendingWrite | None:
+        """Take the shards' changes ``lancedb.snapshot_slice_shards`` at a time, scoring
+        going on between slices, so a worker holding thousands of changed shards does
+        not stop scoring for the whole snapshot (~35 µs a shard). Each slice first waits
+        for every output so far to be delivered, so no stored learning is ahead of its
+        outputs; a shard's rows and position are taken together in one slice. Events
+        scored between slices are not acked by this flush (their shards may or may not
+        be in a later slice: the stored position says which were learned)."""
+        parts = []
+        took = 0.0
+        size = self.settings.lancedb.snapshot_slice_shards
+        for start in range(0, max(len(keys), 1), size):
+            async with self._lock:
+                if self.failed:
+                    return None
+                part, seconds = await self._engine(self._take_slice, keys[start : start + size])
+            parts.append(part)
+            took += seconds
+        self._pace(took)
+        return PendingWrite.joined(parts)
 
     async def _evict_idle(self, snapped: float) -> None:
         """Drop shards idle for ``worker.idle_shard_s``: learning unchanged since long
@@ -385,17 +427,28 @@ class ScoringAgent:
                 self.metrics.shards.set(len(self.service.engine.shards))
                 log.info("evicted %d idle shards (no events for %.0fs); the next event reloads them", len(keys), idle_s)
 
-    def _snapshot(self) -> tuple[PendingWrite, bool]:
-        """(engine thread) Wait until every output so far is delivered (learning is never
-        stored ahead of the outputs it produced), prune expired behaviours when
-        maintenance is due, then take every shard's changes with its position."""
+    def _begin_snapshot(self) -> tuple[list[str], bool]:
+        """(engine thread) Wait until every output so far is delivered, prune expired
+        behaviours when maintenance is due; the shards to take changes from."""
         self._await_delivery()
         due = time.monotonic() - self._last_maintenance >= self.settings.lancedb.compact_interval_s
         if due:
             pruned = self.service.engine.prune()
             self._last_maintenance = time.monotonic()
             log.info("maintenance: pruned %d expired behaviours", pruned)
-        return self.service.take_changes(), due
+        return list(self.service.engine.shards), due
+
+    def _take_slice(self, keys: list[str]) -> tuple[PendingWrite, float]:
+        """(engine thread) Those shards' changes with their positions, once every output
+        so far is delivered (learning is never stored ahead of the outputs it produced)."""
+        self._await_delivery()
+        started = time.perf_counter()
+        return self.service.take_changes(keys), time.perf_counter() - started
+
+    def _snapshot(self) -> tuple[PendingWrite, bool]:
+        """(engine thread) The whole snapshot in one step (on revocation)."""
+        keys, due = self._begin_snapshot()
+        return self._take_slice(keys)[0], due
 
     async def _write(self, pending: PendingWrite, done: list[EventT], compact: bool) -> list[str]:
         """Write a snapshot, then ack what it covers; returns the shards the fence refused
@@ -507,7 +560,8 @@ def create_app(settings: Settings) -> faust.App:
     @app.timer(interval=settings.lancedb.flush_interval_s)
     async def flush() -> None:
         try:
-            await agent_state.flush()
+            if agent_state.flush_due():
+                await agent_state.flush()
         except Exception as exc:
             log.exception("writing shards to LanceDB failed; stopping this worker without acking")
             await app.crash(exc)

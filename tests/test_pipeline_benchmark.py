@@ -11,7 +11,8 @@ chdb, the load generator), as `ruleless up` would. Figures:
   for comparison;
 * Faust's floor: a bare Faust agent that takes the same messages in the worker's
   micro-batches and acks them (tests/faust_floor.py), the most any Faust worker can do
-  here; the worker's rate is reported as a ratio to it;
+  here; the worker's rate is reported as a ratio to it, both with the sink running
+  (the pipeline) and alone (the worker draining the raw topic, as the floor does);
 * latency at a fixed offered load (5,000 events/s for 30 s, and 2,000/s below the
   worker's capacity): each event's ``ts`` is its produce time, the row's ``inserted_at``
   when it became visible; p50/p99 of the difference, over the first copy of each event.
@@ -116,6 +117,29 @@ def sustained(settings: Settings, events: list[RawEvent], workers: int, logs: Pa
     return slope(samples, len(events))
 
 
+def worker_alone(settings: Settings, events: list[RawEvent], logs: Path) -> float:
+    """Events/s one worker scores on its own (no sink on the cores): from its first output
+    on the scored topic to its last, draining a loaded raw topic, timed like Faust's floor
+    (first batch to last ack). Outputs are counted by consuming them (this broker's
+    high watermarks are not per record)."""
+    produce_all(settings, settings.topics.raw, events)
+    cons = consumer(settings.kafka, f"count-{time.time_ns()}", **{"fetch.max.bytes": 52_428_800})
+    cons.subscribe([settings.topics.scored])
+    first = 0.0
+    seen = 0
+    with ruleless_process(worker_settings(settings, "alone"), "worker", log=logs / "worker-alone.log"):
+        deadline = time.monotonic() + 600
+        while seen < len(events):
+            assert time.monotonic() < deadline, f"{seen} of {len(events)} scored after 600 s"
+            got = [m for m in cons.consume(5000, timeout=0.5) if m.error() is None]
+            if got and not first:
+                first = time.monotonic()
+            seen += len(got)
+        last = time.monotonic()
+    cons.close()
+    return len(events) / (last - first)
+
+
 def fresh(settings: Settings, tag: str) -> Settings:
     """Same broker, own topics, group ids and stores; LanceDB flushes at the production
     default interval (the test fixture's is shorter, which costs throughput)."""
@@ -161,6 +185,20 @@ def test_pipeline_sustained_throughput_benchmark(settings: Settings, stream: lis
     record("fixed", "pipeline_one_worker_events_per_s", rate1, "events/s", "", f"baseline: faust_floor_events_per_s {floor:,.0f}")
     record("fixed", "pipeline_vs_faust_floor", rate1 / floor, "x", ">= 0.8", "one worker (and the sink) / Faust's floor, same broker and messages")
     record("fixed", "pipeline_two_workers_events_per_s", rate2, "events/s", ">= 1.7 x one", f"ratio to one worker {rate2 / rate1:.2f}")
+
+
+def test_worker_alone_vs_faust_floor_benchmark(settings: Settings, stream: list[RawEvent], tmp_path: Path) -> None:
+    """The worker against Faust's floor with nothing else on the cores but the broker, as
+    the floor is measured (the pipeline figure has the sink and its indexer beside it)."""
+    alone = fresh(settings, "alone")
+    ensure_topics(alone.kafka, alone.topics)
+    rate = worker_alone(alone, stream, tmp_path)
+    bare = fresh(settings, "floor2")
+    ensure_topics(bare.kafka, bare.topics)
+    produce_all(bare, bare.topics.raw, stream)
+    floor = faust_floor(bare, len(stream), tmp_path)
+    record("fixed", "worker_alone_events_per_s", rate, "events/s", "", f"baseline: faust_floor_events_per_s {floor:,.0f}")
+    record("fixed", "worker_alone_vs_faust_floor", rate / floor, "x", ">= 0.8", "one worker alone / Faust's floor, same broker and messages")
 
 
 def test_pipeline_10k_shards_benchmark(settings: Settings, stream: list[RawEvent], tmp_path: Path) -> None:

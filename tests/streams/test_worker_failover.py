@@ -56,8 +56,13 @@ def assignment(log: Path) -> set[int] | None:
 def exact(settings: Settings, algorithm: str) -> Settings:
     """``algorithm`` without org priors: a worker's priors snapshot depends on the shards
     it holds when it takes it (README, Org priors), so scores equal to the offline
-    engine's — the exactly-once learning these tests check — hold without them."""
-    return settings.model_copy(update={"engine": settings.engine.model_copy(update={"algorithm": algorithm, "org_priors": False})})
+    engine's — the exactly-once learning these tests check — hold without them. Flush
+    snapshots are taken 5 shards at a time, scoring going on between slices, as a
+    worker holding thousands of shards does (lancedb.snapshot_slice_shards)."""
+    return settings.model_copy(update={
+        "engine": settings.engine.model_copy(update={"algorithm": algorithm, "org_priors": False}),
+        "lancedb": settings.lancedb.model_copy(update={"snapshot_slice_shards": 5}),
+    })
 
 
 def worker_settings(settings: Settings, name: str, tmp_path: Path) -> Settings:
