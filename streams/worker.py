@@ -77,11 +77,13 @@ REFUSED_MESSAGE = frozenset({
 })  # fmt: skip
 
 
-def faust_broker_options(settings: Settings) -> dict[str, Any]:
-    """Faust (aiokafka) connection options from the shared Kafka settings."""
+def faust_broker_options(settings: Settings, stock_delivery: bool = False) -> dict[str, Any]:
+    """Faust (aiokafka) connection options from the shared Kafka settings; with
+    ``stock_delivery``, Faust's own per-message delivery (streams/faust_transport.py)."""
     kafka = settings.kafka
     faust_transport.register()
-    opts: dict[str, Any] = {"broker": ";".join(f"{faust_transport.SCHEME}://{h}" for h in kafka.bootstrap.split(","))}
+    scheme = faust_transport.STOCK_DELIVERY_SCHEME if stock_delivery else faust_transport.SCHEME
+    opts: dict[str, Any] = {"broker": ";".join(f"{scheme}://{h}" for h in kafka.bootstrap.split(","))}
     if kafka.security_protocol != "PLAINTEXT":
         import ssl
 

@@ -5,7 +5,11 @@ benchmark reports the worker's rate as a ratio to it.
 
 Usage (the settings come from the environment, as for ``ruleless worker``)::
 
-    python -m tests.faust_floor COUNT RESULT_FILE
+    python -m tests.faust_floor COUNT RESULT_FILE [stock]
+
+With ``stock``, messages reach the agent through Faust's own per-message delivery (as
+Faust ships it: the floor any Faust worker has); without, through the worker's transport,
+which hands them over in bursts (streams/faust_transport.py).
 
 Writes ``{"events": N, "seconds": S}`` to RESULT_FILE once COUNT messages were acked
 (timed from the first batch), then waits to be stopped.
@@ -25,14 +29,14 @@ from ruleless.settings import load_settings
 from streams.worker import faust_broker_options
 
 
-def main(count: int, result: Path) -> None:
+def main(count: int, result: Path, stock: bool) -> None:
     settings = load_settings()
     worker = settings.worker
     datadir = Path(worker.data_dir) / "faust-floor"
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         f"{worker.group_id}-faust-floor",
-        **faust_broker_options(settings),
+        **faust_broker_options(settings, stock_delivery=stock),
         value_serializer="raw",
         key_serializer="raw",
         consumer_auto_offset_reset="earliest",
@@ -62,4 +66,4 @@ def main(count: int, result: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), Path(sys.argv[2]))
+    main(int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:] == ["stock"])
