@@ -183,6 +183,7 @@ def score(
     algorithm: Annotated[Optional[str], typer.Option("--algorithm", envvar="RULELESS_ENGINE__ALGORITHM", help="Scoring algorithm.")] = None,
     errors: Annotated[Optional[str], typer.Option("--errors", help="Write invalid lines with reasons here (default: stderr).")] = None,
     max_invalid: Annotated[int, typer.Option("--max-invalid", help="Exit 0 with up to this many invalid lines (default 0: any invalid line exits 1).")] = 0,
+    index: Annotated[bool, typer.Option("--index/--no-index", help="With --state: add the behaviours scored to the search index (embedding each new one: ~40-60/s on one core).")] = True,
     config: ConfigOpt = None,
 ) -> None:
     """Score a file offline with the stream's engine; output keeps input order.
@@ -200,12 +201,13 @@ def score(
         # Without --state nothing is read or kept: no LanceDB at all.
         service = ScoringService(settings, store=None if state else NoStore())  # type: ignore[arg-type]
         with _open(input, "rb") as src, _open(output, "w") as dst, _open(errors or "-", "w", sys.stderr) as err:
-            summary = score_stream(settings, bounded_lines(src), dst, errors=err, service=service, persist=state is not None)
+            summary = score_stream(settings, bounded_lines(src), dst, errors=err, service=service, persist=state is not None,
+                                   index=index, progress=err)
     except RulelessError as exc:
         _fail(exc)
     typer.echo(
         f"scored {summary.scored} events ({summary.warn} warn, {summary.alert} alert), "
-        f"{summary.invalid} invalid lines" + (f"; {summary.behaviours} new behaviours in the search index" if state else ""),
+        f"{summary.invalid} invalid lines" + (f"; {summary.behaviours} new behaviours in the search index" if state and index else ""),
         err=True,
     )
     if summary.invalid > max_invalid:

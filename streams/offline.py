@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 # With a state directory, learning is written at the end and this often on the way.
 PERSIST_EVERY_S = 60.0
+# Above this many behaviours to index at the end, say so first (it takes minutes).
+LONG_INDEX = 2_000
 
 # A line longer than this is reported invalid without being held in memory whole.
 MAX_LINE_BYTES = 16 << 20
@@ -48,16 +50,18 @@ def score_stream(
     batch_size: int = 2000,
     service: ScoringService | None = None,
     persist: bool = True,
+    index: bool = True,
+    progress: TextIO | None = None,
 ) -> ScoreSummary:
     """Score JSON lines to ``out`` in input order; invalid lines are reported, not fatal.
 
     With ``persist``, the learning is written to the shard store at the end, and every
-    :data:`PERSIST_EVERY_S` on the way for long inputs, and the behaviours scored are
-    added to the search index (``behaviours`` table) at the end; without, nothing is
-    written."""
+    :data:`PERSIST_EVERY_S` on the way for long inputs, and (with ``index``) the
+    behaviours scored are added to the search index (``behaviours`` table) at the end,
+    saying so on ``progress`` first when there are many; without, nothing is written."""
     service = service or ScoringService(settings)
     summary = ScoreSummary()
-    behaviours = Aggregator() if persist else None
+    behaviours = Aggregator() if persist and index else None
     last_write = time.monotonic()
     for batch in _batches(_decoded(lines, summary, errors), batch_size):
         scored = service.score(batch)
@@ -75,6 +79,10 @@ def score_stream(
         service.flush()
     if behaviours is not None and behaviours.rows:
         # The search index of what was scored, beside the shards (`ruleless search`).
+        if progress is not None and len(behaviours.rows) >= LONG_INDEX:
+            progress.write(f"indexing {len(behaviours.rows):,} behaviours for search (each new one is embedded, "
+                           "~40-60/s on one core; --no-index skips this)\n")
+            progress.flush()
         summary.behaviours = BehaviourIndex(settings.lancedb.uri).add(behaviours.rows.values())
     return summary
 

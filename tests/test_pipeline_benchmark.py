@@ -21,6 +21,7 @@ chdb, the load generator), as `ruleless up` would. Figures:
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -42,6 +43,8 @@ pytestmark = pytest.mark.bench
 REPO = Path(__file__).resolve().parent.parent
 
 LOAD = 200_000
+# Cores the whole machine kept busy during each sustained() run, by (raw topic, workers).
+BUSY: dict[tuple[str, int], float] = {}
 RATE, SECONDS = 5_000, 30
 
 
@@ -89,9 +92,23 @@ def wait_rows(settings: Settings, target: int, timeout: float, on_sample: Callab
 
 def slope(samples: list[tuple[float, int]], total: int) -> float:
     """Rows/s between the first sample at ≥10 % and the first at ≥90 % of ``total``."""
-    lo = next((t, n) for t, n in samples if n >= total * 0.1)
-    hi = next((t, n) for t, n in samples if n >= total * 0.9)
+    lo = next((t, n) for t, n, *_ in samples if n >= total * 0.1)
+    hi = next((t, n) for t, n, *_ in samples if n >= total * 0.9)
     return (hi[1] - lo[1]) / max(1e-9, hi[0] - lo[0])
+
+
+def cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def cores_busy(samples: list[tuple[float, int, int, int]], total: int) -> float:
+    """Cores the machine kept busy over the same window as :func:`slope`."""
+    lo = next(s for s in samples if s[1] >= total * 0.1)
+    hi = next(s for s in samples if s[1] >= total * 0.9)
+    return (hi[2] - lo[2]) / max(1, hi[3] - lo[3]) * (os.cpu_count() or 1)
 
 
 def worker_settings(settings: Settings, name: str) -> Settings:
@@ -100,20 +117,22 @@ def worker_settings(settings: Settings, name: str) -> Settings:
 
 
 def sustained(settings: Settings, events: list[RawEvent], workers: int, logs: Path) -> float:
-    """Rows/s the pipeline sustains draining a loaded raw topic with ``workers`` workers."""
+    """Rows/s the pipeline sustains draining a loaded raw topic with ``workers`` workers
+    (the machine's busy cores over the same window go to :data:`BUSY`)."""
     produce_all(settings, settings.topics.raw, events)
-    samples: list[tuple[float, int]] = []
+    samples: list[tuple[float, int, int, int]] = []
     with ruleless_process(settings, "sink", log=logs / "sink.log"):
         wait_rows(settings, 0, 60)  # the sink serves queries: it is up
         procs = [ruleless_process(worker_settings(settings, f"w{i}"), "worker", log=logs / f"worker-{i}.log") for i in range(workers)]
         for p in procs:
             p.__enter__()
         try:
-            wait_rows(settings, len(events), 600, lambda t, n: samples.append((t, n)))
+            wait_rows(settings, len(events), 600, lambda t, n: samples.append((t, n, *cpu_jiffies())))
             assert rows(settings, final=True) == len(events)
         finally:
             for p in reversed(procs):
                 p.__exit__(None, None, None)
+    BUSY[(settings.topics.raw, workers)] = cores_busy(samples, len(events))
     return slope(samples, len(events))
 
 
@@ -166,7 +185,9 @@ def test_pipeline_sustained_throughput_benchmark(settings: Settings, stream: lis
     ensure_topics(two.kafka, two.topics)
     rate2 = sustained(two, stream, 2, tmp_path)
     record("scale", "sustained events/s, 2 workers", rate2, "events/s", "", "same load, 2 workers in one group")
-    record("scale", "2 workers / 1 worker", rate2 / rate1, "x", "", "2 cores shared by broker, workers, sink")
+    busy1, busy2 = BUSY[(one.topics.raw, 1)], BUSY[(two.topics.raw, 2)]
+    record("scale", "2 workers / 1 worker", rate2 / rate1, "x", "",
+           f"{os.cpu_count()} cores shared by broker, workers, sink: busy {busy1:.2f} with 1 worker, {busy2:.2f} with 2")
 
     passthrough = fresh(settings, "pass")
     ensure_topics(passthrough.kafka, passthrough.topics)
@@ -185,7 +206,8 @@ def test_pipeline_sustained_throughput_benchmark(settings: Settings, stream: lis
            "Faust's own per-message delivery")
     record("fixed", "pipeline_one_worker_events_per_s", rate1, "events/s", "", f"baseline: faust_floor_events_per_s {floor:,.0f}")
     record("fixed", "pipeline_vs_faust_floor", rate1 / floor, "x", ">= 0.8", "one worker (and the sink) / Faust's floor, same broker and messages")
-    record("fixed", "pipeline_two_workers_events_per_s", rate2, "events/s", ">= 1.7 x one", f"ratio to one worker {rate2 / rate1:.2f}")
+    record("fixed", "pipeline_two_workers_events_per_s", rate2, "events/s", ">= 1.7 x one",
+           f"ratio to one worker {rate2 / rate1:.2f}; cores busy {busy1:.2f} (1 worker) and {busy2:.2f} (2) of {os.cpu_count()}")
 
 
 def test_worker_alone_vs_faust_floor_benchmark(settings: Settings, stream: list[RawEvent], tmp_path: Path) -> None:

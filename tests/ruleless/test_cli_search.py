@@ -45,3 +45,22 @@ def test_score_state_writes_the_index_that_search_reads(tmp_path: Path) -> None:
     assert b"; 0 new behaviours" in again.stderr
     hit = json.loads(run("search", "reverse shell", "--json", "--lancedb", str(state), "-n", "1").stdout)
     assert hit["count"] == 2
+
+
+def test_score_state_without_index_keeps_the_shards_and_writes_no_index(tmp_path: Path) -> None:
+    """`--no-index` is for inputs with so many distinct behaviours that embedding them
+    would take long: the shard state is written, the search index is not."""
+    events = fleet_stream(pairs=2, per_pair=50, seed=6)
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"\n".join(encode(e) for e in events) + b"\n")
+    state = tmp_path / "state"
+    scored = run("score", "-i", str(src), "-o", str(tmp_path / "out.jsonl"), "--state", str(state), "--no-index")
+    assert scored.returncode == 0, scored.stderr
+    assert b"search index" not in scored.stderr
+    found = run("search", "anything", "--json", "--lancedb", str(state))
+    assert found.returncode == 0 and found.stdout == b"" and b"no behaviours indexed" in found.stderr, found.stderr
+    again = run("score", "-i", str(src), "-o", str(tmp_path / "out2.jsonl"), "--state", str(state), "--no-index")
+    assert again.returncode == 0, again.stderr
+    first = [json.loads(line)["score"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    second = [json.loads(line)["score"] for line in (tmp_path / "out2.jsonl").read_text().splitlines()]
+    assert sum(second) < sum(first)  # the second run scored on the learned shards
