@@ -28,7 +28,7 @@ class WorkerMetrics:
             inst.shards = Gauge("ruleless_worker_shards", "Shards held in memory")
             inst.flush_interval = Gauge(
                 "ruleless_worker_flush_interval_seconds",
-                "Time between timed LanceDB flushes (lancedb.flush_interval_s, stretched by lancedb.flush_share)",
+                "Time between timed LanceDB flushes (lancedb.flush_interval_s, stretched by lancedb.flush_shards_per_s)",
             )
             inst.already_learned = Counter(
                 "ruleless_worker_already_learned_total",

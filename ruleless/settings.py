@@ -123,13 +123,12 @@ class LanceSettings(BaseModel):
     uri: str = "data/lancedb"
     # Dirty shards are written at most this often; offsets are committed only after.
     flush_interval_s: float = Field(2.0, gt=0)
-    # A worker's flush snapshot (taking every changed shard's rows, on the scoring
-    # thread) may use at most this share of the time between flushes: a worker holding
-    # thousands of changed shards flushes less often (each flush costs per shard, not
-    # per event), never less often than flush_interval_max_s. At 10,000 shards and
-    # 5,000 events/s a 2 s interval spent a quarter of the scoring thread on snapshots
-    # and the worker fell behind (issue 17).
-    flush_share: float = Field(0.05, gt=0, le=1)
+    # Timed flushes write at most this many changed shards per second of interval: a
+    # flush's snapshot costs ~35 µs a changed shard on the scoring thread, and at 10,000
+    # shards and 5,000 events/s a 2 s interval spent a quarter of it on snapshots and the
+    # worker fell behind (issue 17). 10,000 changed shards: a flush every ~6.7 s; up to
+    # 3,000: every flush_interval_s. Never less often than flush_interval_max_s.
+    flush_shards_per_s: float = Field(1500.0, gt=0)
     flush_interval_max_s: float = Field(30.0, gt=0)
     # Shards whose changes a flush takes at a time, scoring going on in between.
     snapshot_slice_shards: int = Field(1000, ge=1)

@@ -364,14 +364,17 @@ class ScoringAgent:
         """True when the timer's next flush should run (see _pace)."""
         return time.monotonic() - self._last_flush >= self.flush_every - 0.01
 
-    def _pace(self, snapshot_s: float) -> None:
-        """Space timed flushes so that taking snapshots costs at most
-        ``lancedb.flush_share`` of the scoring thread: a snapshot's cost follows the
-        number of changed shards, so 10,000 of them flushed every 2 s left the worker
-        behind its input. Outputs are published as events are scored, so flushing less
-        often delays acks and commits (a crash re-reads more), not results."""
+    def _pace(self, changed_shards: int) -> None:
+        """Space timed flushes by the number of shards the last one wrote: a snapshot
+        costs ~35 µs a changed shard on the scoring thread (plus its rows), so 10,000 of
+        them every 2 s left the worker behind its input. Paced by shards, not by the
+        measured time: that time also grows with the rows each shard changed, which
+        grow with the interval, and a rule on it stretched a 1,000-shard worker's
+        flushes (and its lag and memory) further at each flush. Outputs are published
+        as events are scored, so flushing less often delays acks and commits (a crash
+        re-reads more), not results."""
         lance = self.settings.lancedb
-        every = max(lance.flush_interval_s, snapshot_s / lance.flush_share)
+        every = max(lance.flush_interval_s, changed_shards / lance.flush_shards_per_s)
         self.flush_every = min(every, max(lance.flush_interval_max_s, lance.flush_interval_s))
         self.metrics.flush_interval.set(self.flush_every)
 
@@ -403,17 +406,15 @@ class ScoringAgent:
         scored between slices are not acked by this flush (their shards may or may not
         be in a later slice: the stored position says which were learned)."""
         parts = []
-        took = 0.0
         size = self.settings.lancedb.snapshot_slice_shards
         for start in range(0, max(len(keys), 1), size):
             async with self._lock:
                 if self.failed:
                     return None
-                part, seconds = await self._engine(self._take_slice, keys[start : start + size])
-            parts.append(part)
-            took += seconds
-        self._pace(took)
-        return PendingWrite.joined(parts)
+                parts.append(await self._engine(self._take_slice, keys[start : start + size]))
+        pending = PendingWrite.joined(parts)
+        self._pace(len(pending))
+        return pending
 
     async def _evict_idle(self, snapped: float) -> None:
         """Drop shards idle for ``worker.idle_shard_s``: learning unchanged since long
@@ -440,17 +441,16 @@ class ScoringAgent:
             log.info("maintenance: pruned %d expired behaviours", pruned)
         return list(self.service.engine.shards), due
 
-    def _take_slice(self, keys: list[str]) -> tuple[PendingWrite, float]:
+    def _take_slice(self, keys: list[str]) -> PendingWrite:
         """(engine thread) Those shards' changes with their positions, once every output
         so far is delivered (learning is never stored ahead of the outputs it produced)."""
         self._await_delivery()
-        started = time.perf_counter()
-        return self.service.take_changes(keys), time.perf_counter() - started
+        return self.service.take_changes(keys)
 
     def _snapshot(self) -> tuple[PendingWrite, bool]:
         """(engine thread) The whole snapshot in one step (on revocation)."""
         keys, due = self._begin_snapshot()
-        return self._take_slice(keys)[0], due
+        return self._take_slice(keys), due
 
     async def _write(self, pending: PendingWrite, done: list[EventT], compact: bool) -> list[str]:
         """Write a snapshot, then ack what it covers; returns the shards the fence refused

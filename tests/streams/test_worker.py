@@ -145,24 +145,24 @@ def test_learning_is_never_stored_ahead_of_undelivered_outputs(settings: Setting
     assert ShardStore(nowhere.lancedb.uri).find(nowhere.engine.algorithm, events[0].shard_key) is None
 
 
-def test_flushes_are_spaced_so_snapshots_take_a_bounded_share_of_scoring(settings: Settings) -> None:
-    """A snapshot's cost follows the number of changed shards; timed flushes are spaced
-    so taking them costs at most lancedb.flush_share of the scoring thread, between
+def test_flushes_are_spaced_by_the_shards_they_write(settings: Settings) -> None:
+    """A snapshot's cost follows the number of changed shards; timed flushes write at
+    most lancedb.flush_shards_per_s shards per second of interval, between
     flush_interval_s and flush_interval_max_s."""
     from streams import worker
 
-    lance = settings.lancedb.model_copy(update={"flush_interval_s": 2.0, "flush_share": 0.05, "flush_interval_max_s": 30.0})
+    lance = settings.lancedb.model_copy(update={"flush_interval_s": 2.0, "flush_shards_per_s": 1500.0, "flush_interval_max_s": 30.0})
     agent = worker.create_app(settings.model_copy(update={"lancedb": lance})).ruleless  # type: ignore[attr-defined]
     assert agent.flush_every == 2.0
-    agent._pace(0.01)  # 100 shards
+    agent._pace(1_000)
     assert agent.flush_every == 2.0
-    agent._pace(0.35)  # ~10,000 changed shards
-    assert agent.flush_every == pytest.approx(7.0)
+    agent._pace(10_000)
+    assert agent.flush_every == pytest.approx(10_000 / 1500)
     agent._last_flush -= 5.0
     assert not agent.flush_due()
     agent._last_flush -= 2.0
     assert agent.flush_due()
-    agent._pace(5.0)
+    agent._pace(1_000_000)
     assert agent.flush_every == 30.0
 
 
