@@ -17,7 +17,6 @@ import msgspec
 from ruleless.settings import Settings
 from schemas.errors import DecodeError
 from schemas.events import RawEvent, decode, encode_lines
-from streams.behaviours import Aggregator, BehaviourIndex
 from streams.scoring import ScoringService
 
 log = logging.getLogger(__name__)
@@ -61,7 +60,12 @@ def score_stream(
     saying so on ``progress`` first when there are many; without, nothing is written."""
     service = service or ScoringService(settings)
     summary = ScoreSummary()
-    behaviours = Aggregator() if persist and index else None
+    behaviours = None
+    if persist and index:
+        # (imported here: the search index brings LanceDB, ~0.9 s of a run without --state)
+        from streams.behaviours import Aggregator
+
+        behaviours = Aggregator()
     last_write = time.monotonic()
     for batch in _batches(_decoded(lines, summary, errors), batch_size):
         scored = service.score(batch)
@@ -83,6 +87,8 @@ def score_stream(
             progress.write(f"indexing {len(behaviours.rows):,} behaviours for search (each new one is embedded, "
                            "~40-60/s on one core; --no-index skips this)\n")
             progress.flush()
+        from streams.behaviours import BehaviourIndex
+
         summary.behaviours = BehaviourIndex(settings.lancedb.uri).add(behaviours.rows.values())
     return summary
 
