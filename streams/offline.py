@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 import msgspec
 
@@ -18,6 +18,9 @@ from ruleless.settings import Settings
 from schemas.errors import DecodeError
 from schemas.events import RawEvent, decode, encode_lines
 from streams.scoring import ScoringService
+
+if TYPE_CHECKING:
+    from streams.behaviours import BehaviourRow
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +85,20 @@ def score_stream(
     if persist:
         service.flush()
     if behaviours is not None and behaviours.rows:
-        # The search index of what was scored, beside the shards (`ruleless search`).
-        if progress is not None and len(behaviours.rows) >= LONG_INDEX:
-            progress.write(f"indexing {len(behaviours.rows):,} behaviours for search (each new one is embedded, "
-                           "~40-60/s on one core; --no-index skips this)\n")
-            progress.flush()
-        from streams.behaviours import BehaviourIndex
-
-        summary.behaviours = BehaviourIndex(settings.lancedb.uri).add(behaviours.rows.values())
+        summary.behaviours = _index(settings, list(behaviours.rows.values()), progress)
     return summary
+
+
+def _index(settings: Settings, rows: list[BehaviourRow], progress: TextIO | None) -> int:
+    """Add the behaviours scored to the search index beside the shards (`ruleless
+    search`), saying so first when there are many; returns how many were new."""
+    from streams.behaviours import BehaviourIndex
+
+    if progress is not None and len(rows) >= LONG_INDEX:
+        progress.write(f"indexing {len(rows):,} behaviours for search (each new one is embedded, "
+                       "~40-60/s on one core; --no-index skips this)\n")
+        progress.flush()
+    return BehaviourIndex(settings.lancedb.uri).add(rows)
 
 
 def bounded_lines(src: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[bytes]:

@@ -362,6 +362,7 @@ class ScoringAgent:
 
     def flush_due(self) -> bool:
         """True when the timer's next flush should run (see _pace)."""
+        # (10 ms of slack: the timer ticks at flush_interval_s and may fire a little early)
         return time.monotonic() - self._last_flush >= self.flush_every - 0.01
 
     def _pace(self, changed_shards: int) -> None:
@@ -407,7 +408,7 @@ class ScoringAgent:
         be in a later slice: the stored position says which were learned)."""
         parts = []
         size = self.settings.lancedb.snapshot_slice_shards
-        for start in range(0, max(len(keys), 1), size):
+        for start in range(0, len(keys), size):
             async with self._lock:
                 if self.failed:
                     return None
